@@ -1,0 +1,200 @@
+"""Priors p(z) the adversarial regulariser matches the codes to: anything with a sampler will do.
+
+Add a prior by writing a class with `dim`, `n_components` and `sample(n, labels=None, generator=None)`,
+whose constructor takes `dim=` as a keyword, and registering it in PRIORS (or pass its import path,
+"package.module:ClassName", to build_prior). Samples are drawn on the CPU; callers move them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """A distribution over codes that can be sampled, optionally one labelled component per row."""
+
+    dim: int
+    n_components: int  # 0 when the prior has no components a label could select
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+               ) -> Tensor:
+        """n samples (n, dim); row i from component labels[i] where labels[i] >= 0."""
+        ...
+
+
+def component_indices(n: int, labels: Tensor | None, n_components: int,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """Each row's component: its label where the label is >= 0, else a uniform draw over all components."""
+    # Always drawn, so the generator advances the same way whether or not labels are given.
+    drawn = torch.randint(n_components, (n,), generator=generator)
+    if labels is None:
+        return drawn
+    labels = labels.detach().to("cpu", torch.int64).reshape(-1)
+    if labels.numel() != n:
+        raise ValueError(f"got {labels.numel()} labels for {n} samples")
+    if bool((labels >= n_components).any()):
+        raise ValueError(f"label {int(labels.max())} is out of range for {n_components} components")
+    return torch.where(labels >= 0, labels, drawn)
+
+
+def _normal_log_prob(x: Tensor, std: float) -> Tensor:
+    return -0.5 * (x / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+class GaussianPrior:
+    """Isotropic Gaussian N(mean, std² I); std defaults to the paper's 5."""
+
+    n_components = 0
+
+    def __init__(self, dim: int = 2, std: float = 5.0, mean: float = 0.0) -> None:
+        if dim < 1 or std <= 0:
+            raise ValueError("GaussianPrior needs dim >= 1 and std > 0")
+        self.dim, self.std, self.mean = dim, float(std), float(mean)
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+               ) -> Tensor:
+        """n draws; labels are ignored (no components)."""
+        return self.mean + self.std * torch.randn(n, self.dim, generator=generator)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) per row."""
+        return _normal_log_prob(z - self.mean, self.std).sum(-1)
+
+
+class MixturePrior:
+    """The paper's mixture of elongated Gaussians arranged on a circle.
+
+    In 2-D, component k is a Gaussian with std `std_along` along the radial direction and `std_across`
+    across it, centred `shift` from the origin at angle 2πk/K. In more dimensions every consecutive pair of
+    axes (0,1), (2,3), ... holds the same 2-D pattern for the same component (as public reproductions do),
+    and an odd last axis is N(0, std_across²).
+    """
+
+    def __init__(self, dim: int = 2, n_components: int = 10, shift: float = 1.4, std_along: float = 0.5,
+                 std_across: float = 0.1) -> None:
+        if dim < 2 or n_components < 1:
+            raise ValueError("MixturePrior needs dim >= 2 and n_components >= 1")
+        self.dim, self.n_components = dim, n_components
+        self.shift, self.std_along, self.std_across = float(shift), float(std_along), float(std_across)
+        self.angles = 2 * math.pi * torch.arange(n_components, dtype=torch.float32) / n_components
+
+    def means(self) -> Tensor:
+        """Component means (K, dim)."""
+        pair = self.shift * torch.stack([self.angles.cos(), self.angles.sin()], -1)
+        out = torch.zeros(self.n_components, self.dim)
+        out[:, : 2 * (self.dim // 2)] = pair.repeat(1, self.dim // 2)
+        return out
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+               ) -> Tensor:
+        """n draws; row i from component labels[i] where labels[i] >= 0, else from the whole mixture."""
+        k = component_indices(n, labels, self.n_components, generator)
+        pairs = self.dim // 2
+        along = self.std_along * torch.randn(n, pairs, generator=generator) + self.shift
+        across = self.std_across * torch.randn(n, pairs, generator=generator)
+        cos, sin = self.angles[k].cos()[:, None], self.angles[k].sin()[:, None]
+        rotated = torch.stack([along * cos - across * sin, along * sin + across * cos], -1)
+        out = rotated.reshape(n, 2 * pairs)
+        if self.dim % 2:
+            out = torch.cat([out, self.std_across * torch.randn(n, 1, generator=generator)], 1)
+        return out
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) per row (used by the VAE's Monte Carlo KL)."""
+        pairs = self.dim // 2
+        xy = z[:, None, : 2 * pairs].reshape(len(z), 1, pairs, 2)
+        cos = self.angles.to(z).cos()[None, :, None]
+        sin = self.angles.to(z).sin()[None, :, None]
+        along = xy[..., 0] * cos + xy[..., 1] * sin - self.shift
+        across = -xy[..., 0] * sin + xy[..., 1] * cos
+        per_k = (_normal_log_prob(along, self.std_along) + _normal_log_prob(across, self.std_across)).sum(-1)
+        if self.dim % 2:
+            per_k = per_k + _normal_log_prob(z[:, -1:], self.std_across)
+        return torch.logsumexp(per_k, 1) - math.log(self.n_components)
+
+
+class SwissRollPrior:
+    """2-D swiss roll: u ~ U[0,1), radius = `radius`·√u, angle = 4π√u; class k owns u in [k/K, (k+1)/K)."""
+
+    def __init__(self, dim: int = 2, n_components: int = 10, radius: float = 3.0) -> None:
+        if dim != 2:
+            raise ValueError("SwissRollPrior is 2-D only")
+        self.dim, self.n_components, self.radius = 2, n_components, float(radius)
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+               ) -> Tensor:
+        """n draws; row i from segment labels[i] where labels[i] >= 0, else from the whole roll."""
+        k = component_indices(n, labels, self.n_components, generator)
+        root = ((k + torch.rand(n, generator=generator)) / self.n_components).sqrt()
+        angle = 4 * math.pi * root
+        return self.radius * root[:, None] * torch.stack([angle.cos(), angle.sin()], -1)
+
+
+class CategoricalPrior:
+    """One-hot vectors of a uniform categorical over `dim` classes (the semi-supervised y prior)."""
+
+    def __init__(self, dim: int = 10) -> None:
+        if dim < 1:
+            raise ValueError("CategoricalPrior needs dim >= 1")
+        self.dim = self.n_components = dim
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+               ) -> Tensor:
+        """n one-hot rows; row i is one-hot at labels[i] where labels[i] >= 0."""
+        k = component_indices(n, labels, self.dim, generator)
+        return torch.nn.functional.one_hot(k, self.dim).float()
+
+
+class UniformPrior:
+    """Uniform on the box [low, high]^dim."""
+
+    n_components = 0
+
+    def __init__(self, dim: int = 2, low: float = -1.0, high: float = 1.0) -> None:
+        if dim < 1 or high <= low:
+            raise ValueError("UniformPrior needs dim >= 1 and high > low")
+        self.dim, self.low, self.high = dim, float(low), float(high)
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+               ) -> Tensor:
+        """n draws; labels are ignored (no components)."""
+        return self.low + (self.high - self.low) * torch.rand(n, self.dim, generator=generator)
+
+
+PRIORS: dict[str, type] = {
+    "gaussian": GaussianPrior,
+    "mixture": MixturePrior,
+    "swiss_roll": SwissRollPrior,
+    "categorical": CategoricalPrior,
+    "uniform": UniformPrior,
+}
+
+
+def _resolve(name: str) -> type:
+    if name in PRIORS:
+        return PRIORS[name]
+    if ":" not in name:
+        raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)} or 'package.module:Class'")
+    module_name, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import prior {name!r}: {err}") from err
+
+
+def build_prior(name: str, **params: object) -> Prior:
+    """A prior from its registry name or import path "package.module:ClassName", with its parameters."""
+    cls = _resolve(name)
+    try:
+        prior = cls(**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for prior {name!r}: {err}") from err
+    if not isinstance(prior, Prior):
+        raise ValueError(f"{name!r} does not implement the Prior protocol (dim, n_components, sample)")
+    return prior

@@ -1,0 +1,175 @@
+"""AAEModel, the interface every variant implements, and the config fields the variants share."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from aae.batch import Batch
+from aae.losses import RECON_LOSSES
+from aae.networks import ENCODER_KINDS, NETWORKS, EncoderOutput
+from aae.optim import OptimConfig, build_optimizer
+from aae.phases import GradSync
+from aae.priors import Prior
+
+LABEL_NEEDS = ("none", "some", "all")
+
+
+@dataclass
+class NetworkConfig:
+    """Network fields every variant has; defaults are the paper's (2x1000 ReLU, N(0, 0.01), summed BCE)."""
+
+    input_dim: int = 784
+    hidden: tuple[int, ...] = (1000, 1000)
+    network: str = "mlp"  # "mlp", or "conv" for 3x32x32 inputs (input_dim 3072)
+    encoder: str = "deterministic"  # "deterministic" | "gaussian" | "universal"
+    init_std: float = 0.01
+    recon_loss: str = "bce"  # "bce" | "mse"
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        _check(self.network in NETWORKS, f"network must be one of {NETWORKS}, got {self.network!r}")
+        _check(self.encoder in ENCODER_KINDS, f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}")
+        _check(self.recon_loss in RECON_LOSSES, f"recon_loss must be one of {RECON_LOSSES}")
+        _check(self.input_dim > 0 and self.init_std > 0, "input_dim and init_std must be positive")
+        _check(self.network != "conv" or self.input_dim == 3 * 32 * 32, "network='conv' needs input_dim 3072")
+
+
+@dataclass
+class AdversarialConfig(NetworkConfig):
+    """Adds the discriminators' fields."""
+
+    disc_hidden: tuple[int, ...] = (1000, 1000)
+    disc_noise_std: float = 0.0  # Gaussian noise on discriminator inputs (0.3 stabilised reproductions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.disc_hidden = tuple(int(h) for h in self.disc_hidden)
+        _check(self.disc_noise_std >= 0, "disc_noise_std must be >= 0")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def config_keys(config_class: type) -> list[str]:
+    """The keys a variant's config accepts."""
+    return [f.name for f in fields(config_class) if f.init]
+
+
+class AAEModel(nn.Module):
+    """Base of every variant: owns its networks, one optimiser + scheduler per phase, and a noise RNG.
+
+    Subclasses set `config_class`, `label_needs`, build their networks in __init__, and implement
+    phase_parameters, training_step, encode, decode and sample.
+    """
+
+    config_class: ClassVar[type]
+    label_needs: str = "none"  # what the data loader must supply: "none" | "some" | "all"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.grad_sync: GradSync | None = None
+        self.optim_config: OptimConfig | None = None
+        self.optimizers: dict[str, Optimizer] = {}
+        self.schedulers: dict[str, LRScheduler] = {}
+        # Prior draws and encoder noise come from the model's own RNG so a resumed run repeats them exactly;
+        # seeded from the global RNG so the caller's torch.manual_seed still decides everything.
+        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
+
+    # -- what subclasses provide -------------------------------------------------------------------
+    def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters each phase's optimiser updates (keys from aae.optim.PHASES)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch) -> dict[str, float]:
+        """Run every phase of the variant on one batch; returns each loss as a float."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The code the decoder reads (posterior mean for a Gaussian encoder)."""
+        raise NotImplementedError
+
+    def decode(self, code: Tensor) -> Tensor:
+        """Pixel probabilities for codes."""
+        with torch.no_grad():
+            return torch.sigmoid(self.decoder(code))
+
+    def sample(self, n: int) -> Tensor:
+        """n images decoded from prior samples."""
+        raise NotImplementedError
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Class probabilities q(y|x); only variants with a categorical head have one."""
+        raise NotImplementedError(f"{type(self).__name__} has no categorical head")
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self, config: OptimConfig | None = None) -> None:
+        """Build one optimiser and one step-decay schedule per phase."""
+        self.optim_config = config or OptimConfig()
+        built = {phase: build_optimizer(list(params), self.optim_config, phase)
+                 for phase, params in self.phase_parameters().items()}
+        self.optimizers = {phase: opt for phase, (opt, _) in built.items()}
+        self.schedulers = {phase: sched for phase, (_, sched) in built.items()}
+
+    def optimizer(self, phase: str) -> Optimizer:
+        """The optimiser of `phase` (configure_optimizers must have run)."""
+        if phase not in self.optimizers:
+            raise RuntimeError("call model.configure_optimizers(OptimConfig()) before training")
+        return self.optimizers[phase]
+
+    def end_epoch(self, epoch: int) -> None:
+        """Mark epoch `epoch` (0-based) finished: schedules then reflect epoch + 1 completed epochs."""
+        with warnings.catch_warnings():
+            # A phase that never stepped this epoch (no labelled batch) still follows the schedule.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for scheduler in self.schedulers.values():
+                while scheduler.last_epoch < epoch + 1:
+                    scheduler.step()
+
+    # -- checkpointing -----------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        """A deep copy of everything training depends on: weights, optimisers, schedules, noise RNG."""
+        return copy.deepcopy({
+            "model": self.state_dict(),
+            "optim_config": None if self.optim_config is None else asdict(self.optim_config),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "generator": self.generator.get_state(),
+        })
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore a training_state(); optimisers are rebuilt from the saved OptimConfig first."""
+        self.load_state_dict(state["model"])
+        if state["optim_config"] is not None:
+            self.configure_optimizers(OptimConfig(**state["optim_config"]))
+            for phase, opt_state in state["optimizers"].items():
+                self.optimizers[phase].load_state_dict(opt_state)
+            for phase, sched_state in state["schedulers"].items():
+                self.schedulers[phase].load_state_dict(sched_state)
+        self.generator.set_state(state["generator"])
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live."""
+        return next(self.parameters()).device
+
+    def prior_sample(self, prior: Prior, n: int, labels: Tensor | None = None) -> Tensor:
+        """n prior draws from the training RNG, on the model's device."""
+        return prior.sample(n, labels, generator=self.generator).to(self.device)
+
+    def infer(self, x: Tensor) -> EncoderOutput:
+        """Encode without gradients for evaluation; a Gaussian encoder's code is its posterior mean."""
+        with torch.no_grad():
+            out = self.encoder(x.to(self.device))
+        return out if out.mean is None else EncoderOutput(out.mean, out.mean, out.logvar, out.logits)

@@ -1,0 +1,105 @@
+"""Parts shared by the semi-supervised, clustering and dimensionality-reduction AAEs (paper §5-7).
+
+The encoder has a softmax y head and a z head on one trunk; the decoder reads representation(y, z);
+one discriminator matches y to a uniform one-hot prior and another matches z to N(0, z_prior_std² I).
+Each variant's training_step (in its own module) composes the phase methods below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aae.batch import Batch
+from aae.networks import Decoder, Encoder, discriminator
+from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase, supervised_phase
+from aae.priors import CategoricalPrior, GaussianPrior
+from aae.variants.base import AAEModel, AdversarialConfig
+
+
+@dataclass
+class CategoricalConfig(AdversarialConfig):
+    """Style code size and the std of its Gaussian prior (the paper's 10 and 5)."""
+
+    z_dim: int = 10
+    z_prior_std: float = 5.0
+
+
+class CategoricalAAE(AAEModel):
+    """Encoder with y (softmax) and z heads, decoder on representation(y, z), discriminators on y and z."""
+
+    uses_labels = False  # whether phase_parameters includes the supervised phase
+
+    def __init__(self, config: CategoricalConfig, n_categories: int, representation_dim: int) -> None:
+        super().__init__(config)
+        c = config
+        self.n_categories = n_categories
+        self.y_prior = CategoricalPrior(n_categories)
+        self.z_prior = GaussianPrior(c.z_dim, c.z_prior_std)
+        self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, logits_dim=n_categories,
+                               network=c.network, init_std=c.init_std)
+        self.decoder = Decoder(representation_dim, c.input_dim, c.hidden, c.network, c.init_std)
+        self.disc_y = discriminator(n_categories, c.disc_hidden, c.init_std)
+        self.disc_z = discriminator(c.z_dim, c.disc_hidden, c.init_std)
+
+    def representation(self, y: Tensor, z: Tensor) -> Tensor:
+        """What the decoder reads: [y, z] (the dimensionality-reduction AAE overrides this)."""
+        return torch.cat([y, z], 1)
+
+    def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Reconstruction: everything but the discriminators; discriminator: both; generator: encoder."""
+        discs = {*self.disc_y.parameters(), *self.disc_z.parameters()}
+        phases = {
+            "reconstruction": [p for p in self.parameters() if p not in discs],
+            "discriminator": [*self.disc_y.parameters(), *self.disc_z.parameters()],
+            "generator": list(self.encoder.parameters()),
+        }
+        if self.uses_labels:
+            phases["supervised"] = list(self.encoder.parameters())
+        return phases
+
+    def reconstruct(self, x: Tensor, penalty: Tensor | None = None) -> float:
+        """Reconstruction phase through [softmax(y), z]; `penalty` joins the same step."""
+        out = self.encoder(x, self.generator)
+        logits = self.decoder(self.representation(out.logits.softmax(1), out.code))
+        return reconstruction_phase(logits, x, self.optimizer("reconstruction"), self.grad_sync,
+                                    self.config.recon_loss, penalty)
+
+    def regularise(self, x: Tensor) -> dict[str, float]:
+        """Both discriminators (prior = 1, codes = 0), then the encoder fools both (codes labelled 1)."""
+        n, rng, noise = len(x), self.generator, self.config.disc_noise_std
+        with torch.no_grad():
+            out = self.encoder(x, rng)
+        critics = [Critic(self.disc_y, self.prior_sample(self.y_prior, n), out.logits.softmax(1)),
+                   Critic(self.disc_z, self.prior_sample(self.z_prior, n), out.code)]
+        disc_y, disc_z = discriminator_phase(critics, self.optimizer("discriminator"), self.grad_sync, noise, rng)
+        out = self.encoder(x, rng)
+        critics = [Critic(self.disc_y, None, out.logits.softmax(1)), Critic(self.disc_z, None, out.code)]
+        gen_y, gen_z = generator_phase(critics, self.optimizer("generator"), self.grad_sync, noise, rng)
+        return {"disc_y_loss": disc_y, "disc_z_loss": disc_z, "gen_y_loss": gen_y, "gen_z_loss": gen_z}
+
+    def supervise(self, batch: Batch) -> dict[str, float]:
+        """Cross-entropy of q(y|x) on the batch's labelled examples; nothing if it has none."""
+        labelled = batch.labelled()
+        if labelled is None:
+            return {}
+        x, y = labelled
+        logits = self.encoder(x, self.generator).logits
+        return {"supervised_loss": supervised_phase(logits, y, self.optimizer("supervised"), self.grad_sync)}
+
+    def classify(self, x: Tensor) -> Tensor:
+        """q(y|x): class (or cluster) probabilities."""
+        return self.infer(x).logits.softmax(1)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The decoder's input for each row: representation(softmax(y), z)."""
+        out = self.infer(x)
+        return self.representation(out.logits.softmax(1), out.code)
+
+    def sample(self, n: int) -> Tensor:
+        """Decode n draws of (one-hot y, z) from the two priors."""
+        with torch.no_grad():
+            code = self.representation(self.y_prior.sample(n), self.z_prior.sample(n)).to(self.device)
+        return self.decode(code)

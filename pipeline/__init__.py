@@ -1,0 +1,1 @@
+"""Orchestration for the aae library: data, config, Ray Train/Tune runners, stages, tracking, CLI."""

@@ -1,0 +1,124 @@
+"""The `aae-pipeline` command line: parse, call the pipeline, turn user mistakes into one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    name="aae-pipeline",
+    help="Train the Adversarial Autoencoder family as a distributed Ray pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Prepare and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where prepared datasets live (default: $AAE_DATA_DIR or ~/.cache/aae-pipeline/data)."
+    ),
+]
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: Annotated[str, typer.Argument(help="'mnist', or 'idx:/path/to/dir' for a directory of IDX files.")],
+    data_dir: DataDirOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid copy exists.")] = False,
+) -> None:
+    """Turn a dataset into verified Parquet files under the data directory."""
+    raise UserError("data prepare is not implemented yet")
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config key, e.g. --set data.labels=1000 (repeatable)."),
+]
+
+
+@app.command("experiments")
+def experiments() -> None:
+    """List the paper's experiments this tool can run."""
+    from pipeline.config import list_experiments
+    from pipeline.progress import console
+
+    for name, description in list_experiments().items():
+        console.print(f"[bold]{name:<20}[/bold] {description}")
+
+
+@app.command("show-config")
+def show_config(
+    experiment: Annotated[str, typer.Argument(help="Experiment name or YAML file.")],
+    overrides: SetOption = None,
+) -> None:
+    """Print an experiment's fully resolved config (every key --set can override)."""
+    from pipeline.config import config_to_yaml, load_config
+
+    print(config_to_yaml(load_config(experiment, overrides or [])), end="")
+
+
+@app.command("run")
+def run(
+    experiment: Annotated[
+        str | None, typer.Argument(help="Experiment name (see `experiments`) or a config YAML file.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Ray Train workers (DDP).")] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option("--gpus-per-worker", help="0: CPU with gloo; >0: CUDA with NCCL.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where results land.")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="An existing Ray cluster (host:port); default: local.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run in this directory from its checkpoint.")
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Train one experiment with Ray Train and leave everything in a run directory."""
+    from pipeline.run import resolve_run, run_experiment
+
+    flags = {
+        "run.workers": workers,
+        "run.gpus_per_worker": gpus_per_worker,
+        "train.epochs": epochs,
+        "train.seed": seed,
+        "run.address": address,
+    }
+    config, run_directory = resolve_run(experiment, overrides or [], flags, run_dir, resume)
+    run_experiment(config, run_directory)
+
+
+def main() -> None:
+    """Console-script entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as err:
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as err:  # usage errors (unknown command, bad option) in standalone_mode=False
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Typed run configuration: conf/base.yaml + conf/experiment/<name>.yaml + --set overrides, validated once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXPERIMENT_DIR = CONF_DIR / "experiment"
+# Sizes of the known datasets' training splits, so an impossible label count fails before Ray starts.
+KNOWN_TRAIN_SIZES = {"mnist": 50_000}
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    dataset: str = "mnist"
+    labels: int | Literal["all"] = "all"
+    label_seed: int = Field(0, ge=0)
+    limit: int | None = Field(None, gt=0)
+    data_dir: str | None = None
+
+
+class ModelConfig(Strict):
+    variant: str = "semi_supervised"
+    # Passed to the variant's own typed config in aae, which rejects keys it does not know.
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PhaseRates(Strict):
+    """Learning rate per phase; null takes the optimiser's default (SGD: the paper's 0.01 / 0.1 / 0.1 / 0.1)."""
+
+    reconstruction: float | None = Field(None, gt=0)
+    discriminator: float | None = Field(None, gt=0)
+    generator: float | None = Field(None, gt=0)
+    supervised: float | None = Field(None, gt=0)
+
+
+class PhaseMomenta(Strict):
+    """SGD momentum per phase; null takes the paper's 0.9 / 0.1 / 0.1 / 0.9."""
+
+    reconstruction: float | None = Field(None, ge=0, lt=1)
+    discriminator: float | None = Field(None, ge=0, lt=1)
+    generator: float | None = Field(None, ge=0, lt=1)
+    supervised: float | None = Field(None, ge=0, lt=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(100, gt=0)
+    seed: int = Field(0, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PhaseRates = Field(default_factory=PhaseRates)
+    momentum: PhaseMomenta = Field(default_factory=PhaseMomenta)
+    decay_epochs: list[int] = Field(default_factory=lambda: [50, 1000])
+    decay_factor: float = Field(0.1, gt=0, le=1)
+    labelled_batch_size: int = Field(100, gt=0)
+
+
+class RunConfig(Strict):
+    workers: int = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float | None = Field(None, gt=0)
+    address: str | None = None
+    max_failures: int = Field(2, ge=0)
+    amp: bool = False
+    data_on_device: bool = False
+
+
+class EvaluateConfig(Strict):
+    parzen_samples: int = Field(10_000, gt=0)
+    parzen_validation: int = Field(1_000, gt=0)
+
+
+class TrackingConfig(Strict):
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "aae-pipeline"
+    entity: str | None = None
+
+
+class Config(Strict):
+    experiment: str
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _labels_fit_the_data(self) -> Config:
+        available = self.data.limit or KNOWN_TRAIN_SIZES.get(self.data.dataset)
+        if isinstance(self.data.labels, int) and available is not None and self.data.labels > available:
+            raise ValueError(
+                f"data.labels={self.data.labels} is more than the {available} training examples available"
+            )
+        if self.train.batch_size < self.run.workers:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} cannot be split across {self.run.workers} workers"
+            )
+        return self
+
+
+def list_experiments() -> dict[str, str]:
+    """Every experiment under conf/experiment/, name → one-line description."""
+    out = {}
+    for path in sorted(EXPERIMENT_DIR.glob("*.yaml")):
+        out[path.stem] = str(_read_yaml(path).get("description", "")).strip()
+    return out
+
+
+def load_config(experiment: str, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
+    """Resolve an experiment name (or a YAML file path) plus `key=value` overrides into a validated Config."""
+    raw = _deep_merge(_read_yaml(CONF_DIR / "base.yaml"), _experiment_yaml(experiment))
+    raw.setdefault("experiment", Path(experiment).stem)
+    for override in overrides or []:
+        key, value = _parse_override(override)
+        _set_key(raw, key, value)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            _set_key(raw, key, value)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    """Build a Config from a plain dict, turning the first validation problem into a one-line UserError."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "config"
+        given = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
+        raise UserError(
+            f"config error at {where}: {first['msg']}{given}",
+            "fix the value in the experiment YAML or the --set override",
+        ) from None
+    _check_model_params(config)
+    return config
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved config as YAML, loadable again by `aae-pipeline run FILE.yaml`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _check_model_params(config: Config) -> None:
+    """Let the aae variant's own typed config reject unknown or ill-typed parameters now, before Ray starts."""
+    from aae.variants import VARIANTS, build_model
+
+    if config.model.variant not in VARIANTS:
+        raise UserError(
+            f"config error at model.variant: unknown variant {config.model.variant!r}",
+            f"choose one of: {', '.join(sorted(VARIANTS))}",
+        )
+    try:  # building the (untrained) nets takes milliseconds and checks every parameter the variant has
+        build_model(config.model.variant, config.model.params)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"config error at model.params: {err}", "fix the experiment YAML or --set") from None
+
+
+def _experiment_yaml(experiment: str) -> dict[str, Any]:
+    """The experiment's YAML: a name under conf/experiment/ or the path of a YAML file (e.g. a sweep's best)."""
+    as_path = Path(experiment)
+    if as_path.suffix in (".yaml", ".yml"):
+        if not as_path.is_file():
+            raise UserError(f"config file {experiment} does not exist", "check the path")
+        return _read_yaml(as_path)
+    path = EXPERIMENT_DIR / f"{experiment}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_experiments())
+        raise UserError(f"unknown experiment {experiment!r}", f"choose one of: {known}")
+    return _read_yaml(path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"malformed YAML in {path}{where}", "fix the file's syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys", "fix the file")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], diff: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in diff.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"bad override {override!r}", "write overrides as --set section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted key; every part must name a config field, except free-form keys under model.params."""
+    parts = dotted.split(".")
+    schema: Any = Config
+    node = raw
+    for depth, part in enumerate(parts):
+        if schema is not None:  # None: inside a free-form mapping such as model.params
+            field = schema.model_fields.get(part)
+            if field is None:
+                raise UserError(
+                    f"unknown config key {dotted!r}", "see `aae-pipeline show-config EXPERIMENT` for the keys"
+                )
+            annotation = field.annotation
+            schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]

@@ -1,0 +1,19 @@
+"""The one exception type for a user's mistakes (bad config, missing data, unreachable cluster)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix. The CLI prints it as one line and exits with code 2.
+
+    `message` names the problem, `fix` says what to do about it.
+    """
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """The message and the fix, joined into the single line the CLI prints."""
+        return f"{self.message} — {self.fix}" if self.fix else self.message

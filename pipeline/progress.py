@@ -1,0 +1,72 @@
+"""What a person watching a run sees: one line per epoch while training, a summary table at the end."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def format_epoch(row: dict[str, Any], total_epochs: int) -> str:
+    """One epoch's line: the losses, the validation metric and the time."""
+    losses = "  ".join(
+        f"{key.removeprefix('train/').removesuffix('_loss')} {value:.3f}"
+        for key, value in row.items()
+        if key.startswith("train/")
+    )
+    val = f"val error {row['val/error']:.2f}%" if "val/error" in row else f"val bce {row.get('val/recon_bce', 0):.2f}"
+    return (
+        f"epoch {int(row['epoch']):>3}/{total_epochs}  {losses}  [bold]{val}[/bold]  "
+        f"{row.get('time/epoch_s', 0):.1f}s  {row.get('time/examples_per_s', 0):.0f} ex/s"
+    )
+
+
+class EpochPrinter(threading.Thread):
+    """Follows the run's metrics.jsonl (written by rank 0) and prints each new epoch as it lands."""
+
+    def __init__(self, metrics_path: Path, total_epochs: int, poll_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.metrics_path = metrics_path
+        self.total_epochs = total_epochs
+        self.poll_s = poll_s
+        self._stop_event = threading.Event()
+        self._offset = metrics_path.stat().st_size if metrics_path.exists() else 0
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.poll_s):
+            self._drain()
+        self._drain()
+
+    def stop(self) -> None:
+        """Print whatever is left and stop following."""
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def _drain(self) -> None:
+        if not self.metrics_path.exists():
+            return
+        with self.metrics_path.open() as handle:
+            handle.seek(self._offset)
+            text = handle.read()
+        complete, _, _ = text.rpartition("\n")
+        if not complete:
+            return
+        self._offset += len(complete) + 1
+        for line in complete.splitlines():
+            console.print(format_epoch(json.loads(line), self.total_epochs))
+
+
+def summary_table(title: str, metrics: dict[str, float]) -> Table:
+    """A two-column table of a run's final numbers."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table

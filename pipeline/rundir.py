@@ -1,0 +1,128 @@
+"""The run directory: everything one run produced, with manifest.json as its durable record."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+MANIFEST = "manifest.json"
+CONFIG_FILE = "config.yaml"
+METRICS = "metrics.jsonl"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text flavour of atomic_write_bytes."""
+    atomic_write_bytes(path, text.encode())
+
+
+def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
+    """A fresh `runs/<experiment>-<timestamp>` directory (a suffix keeps two runs in one second apart)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{Path(experiment).stem}-{stamp}"
+    path = root / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{name}-{suffix}"
+    path.mkdir(parents=True)
+    return path.resolve()
+
+
+class RunDir:
+    """Reads and updates one run directory; only the driver process writes the manifest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).resolve()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, or an empty skeleton for a new run; a corrupt manifest is a user-facing error."""
+        if not self.manifest_path.exists():
+            return {"experiment": None, "config": None, "stages": {}, "metrics": {}}
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(
+                f"{self.manifest_path} is not valid JSON", "delete the run directory and run again"
+            ) from None
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge top-level fields (dicts are merged one level deep) and rewrite the manifest atomically."""
+        manifest = self.read_manifest()
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key].update(value)
+            else:
+                manifest[key] = value
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        return manifest
+
+    def record_stage(self, stage: str, **info: Any) -> None:
+        """Record a stage's status, seconds and outputs under manifest['stages'][stage]."""
+        stages = self.read_manifest().get("stages", {})
+        stages[stage] = {**stages.get(stage, {}), **info}
+        self.update_manifest(stages=stages)
+
+    @contextmanager
+    def stage(self, name: str, input_hash: str | None = None) -> Iterator[dict[str, Any]]:
+        """Time a stage and record it as running → done / failed; the yielded dict collects its outputs."""
+        outputs: dict[str, Any] = {}
+        start = time.perf_counter()
+        self.record_stage(name, status="running", input_hash=input_hash)
+        try:
+            yield outputs
+        except BaseException as err:
+            self.record_stage(
+                name, status="failed", seconds=round(time.perf_counter() - start, 2), error=str(err)[:500]
+            )
+            raise
+        self.record_stage(
+            name, status="done", seconds=round(time.perf_counter() - start, 2), outputs=outputs, error=None
+        )
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Per-epoch metric rows written during training (JSON lines; a torn last line is ignored)."""
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows

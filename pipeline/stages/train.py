@@ -1,0 +1,34 @@
+"""Stage 2: data-parallel training on Ray Train, followed live from the run directory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.progress import EpochPrinter, console
+from pipeline.ray import cluster, trainer
+from pipeline.rundir import RunDir
+
+
+def train(config: Config, run: RunDir) -> dict[str, Any]:
+    """Train on `config.run.workers` Ray workers; returns the last epoch's metrics."""
+    plan = cluster.plan_resources(
+        config.run.workers, config.run.gpus_per_worker, config.run.cpus_per_worker, local=not config.run.address
+    )
+    cluster.connect(config.run.address, plan)
+    per_worker = config.train.batch_size // config.run.workers
+    console.print(
+        f"training {config.experiment} on {plan.workers} worker(s) x {plan.threads} thread(s)"
+        f"{' + GPU' if plan.gpus else ''}: global batch {config.train.batch_size} "
+        f"(~{per_worker} per worker, gradients averaged), learning rates as configured (not rescaled)"
+    )
+    printer = EpochPrinter(run.metrics_path, config.train.epochs)
+    printer.start()
+    try:
+        trainer.fit(config, run, plan)
+    finally:
+        printer.stop()
+    rows = run.read_metrics()
+    if not rows:
+        return {}
+    return {key: value for key, value in rows[-1].items() if not key.startswith("time/")}

@@ -1,0 +1,289 @@
+"""The training loop every worker runs (Ray Train worker, Tune trial or plain process): data shard, epochs,
+validation, checkpoints. It knows nothing of Ray; the runner passes in rank, world size and a report function."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from aae.batch import Batch
+from aae.optim import OptimConfig
+from aae.variants import build_model
+from aae.variants.base import AAEModel
+from pipeline.config import Config
+from pipeline.data import load_label_split, load_split
+from pipeline.rundir import RunDir, atomic_write_bytes
+
+ReportFn = Callable[[dict[str, float]], None]
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass
+class WorkerContext:
+    """Where this process sits in the data-parallel group and what it runs on."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    fault: dict[str, Any] | None = None  # tests only: kill this process at (epoch, step, rank), once
+
+
+@dataclass
+class TrainingData:
+    """The training split as float tensors, the label mask, and the validation split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    labelled: torch.Tensor  # indices of examples whose label the model may see
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def load_training_data(config: Config, device: torch.device | None = None) -> TrainingData:
+    """Load train/validation, apply data.limit, pick the labelled subset, and flatten images to [0,1] floats."""
+    data_dir = Path(config.data.data_dir) if config.data.data_dir else None
+    images, labels = load_split(config.data.dataset, "train", data_dir)
+    val_images, val_labels = load_split(config.data.dataset, "validation", data_dir)
+    if config.data.limit is not None:
+        images, labels = images[: config.data.limit], labels[: config.data.limit]
+    if config.data.labels == "all":
+        labelled = np.arange(len(labels))
+    elif config.data.limit is None:
+        labelled = load_label_split(config.data.dataset, config.data.labels, config.data.label_seed, data_dir)
+    else:
+        labelled = _balanced_subset(labels, config.data.labels, config.data.label_seed)
+    on = device if config.run.data_on_device and device is not None else torch.device("cpu")
+    return TrainingData(
+        x=_to_float(images).to(on),
+        y=torch.as_tensor(labels, dtype=torch.long).to(on),
+        labelled=torch.as_tensor(np.sort(labelled), dtype=torch.long).to(on),
+        x_val=_to_float(val_images),
+        y_val=torch.as_tensor(val_labels, dtype=torch.long),
+    )
+
+
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
+
+
+def _balanced_subset(labels: np.ndarray, n_labels: int, seed: int) -> np.ndarray:
+    """Balanced labelled subset of a limited training set (the prepared splits cover the full set only)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [n_labels // len(classes) + (i < n_labels % len(classes)) for i in range(len(classes))]
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class, strict=True)]
+    return np.concatenate(picked)
+
+
+def optim_config(config: Config) -> OptimConfig:
+    """The aae optimiser settings from the run config's train section."""
+    train = config.train
+    return OptimConfig(
+        kind=train.optimizer,
+        recon_lr=train.lr.reconstruction,
+        recon_momentum=train.momentum.reconstruction,
+        disc_lr=train.lr.discriminator,
+        disc_momentum=train.momentum.discriminator,
+        gen_lr=train.lr.generator,
+        gen_momentum=train.momentum.generator,
+        supervised_lr=train.lr.supervised,
+        supervised_momentum=train.momentum.supervised,
+        decay_epochs=tuple(train.decay_epochs),
+        decay_factor=train.decay_factor,
+    )
+
+
+def build_training_model(config: Config, data: TrainingData) -> AAEModel:
+    """The configured variant with its per-phase optimisers, sized to the data."""
+    params = {"input_dim": data.x.shape[1], **config.model.params}
+    model = build_model(config.model.variant, params)
+    model.configure_optimizers(optim_config(config))
+    return model
+
+
+def train(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | None = None) -> dict[str, float]:
+    """Train from the last checkpoint in the run directory (or from scratch) to config.train.epochs."""
+    data = load_training_data(config, ctx.device)
+    # The same seed on every rank: data-parallel workers must start from identical weights.
+    torch.manual_seed(config.train.seed)
+    model = build_training_model(config, data).to(ctx.device)
+    if ctx.world > 1:
+        model.grad_sync = average_gradients
+    start_epoch, best = restore_latest_checkpoint(model, run, ctx.device)
+    last: dict[str, float] = {}
+    for epoch in range(start_epoch, config.train.epochs):
+        started = time.perf_counter()
+        losses = train_one_epoch(model, data, config, ctx, epoch)
+        last = {**losses, **validate(model, data, ctx)}
+        last["epoch"] = epoch + 1
+        last["time/epoch_s"] = round(time.perf_counter() - started, 3)
+        last["time/examples_per_s"] = round(_examples_per_epoch(config, data) / last["time/epoch_s"], 1)
+        if ctx.rank == 0:
+            best = save_checkpoint(model, run, epoch, last, best)
+            with run.metrics_path.open("a") as log:
+                log.write(json.dumps(last) + "\n")
+        if report is not None:
+            report(last)
+    return last
+
+
+def _examples_per_epoch(config: Config, data: TrainingData) -> int:
+    return (len(data.x) // config.train.batch_size) * config.train.batch_size
+
+
+def train_one_epoch(
+    model: AAEModel, data: TrainingData, config: Config, ctx: WorkerContext, epoch: int
+) -> dict[str, float]:
+    """One pass over this worker's shard; returns the losses averaged over steps and workers."""
+    # Every rank draws the same permutation (seeded by epoch) and takes a strided slice of each global
+    # batch, so the workers together step through exactly the batches a single process would.
+    # Prior draws and noise come from the model's RNG, reseeded from (seed, epoch, rank): each rank draws
+    # its own samples, and a run resumed at an epoch boundary repeats exactly what it would have drawn.
+    model.generator.manual_seed(config.train.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+    order = torch.randperm(len(data.x), generator=_generator(config.train.seed, epoch))
+    labelled_order = _labelled_stream(data, config, epoch)
+    global_batch, steps = config.train.batch_size, len(data.x) // config.train.batch_size
+    labelled_batch = config.train.labelled_batch_size
+    sums: dict[str, float] = {}
+    model.train()
+    for step in range(steps):
+        _maybe_inject_fault(ctx, epoch, step)
+        idx = order[step * global_batch : (step + 1) * global_batch][ctx.rank :: ctx.world]
+        lab = labelled_order[step * labelled_batch : (step + 1) * labelled_batch][ctx.rank :: ctx.world]
+        batch = _make_batch(model, data, idx, lab).to(ctx.device)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.run.amp):
+            losses = model.training_step(batch)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value
+    model.end_epoch(epoch)
+    means = {f"train/{key}": value / max(steps, 1) for key, value in sums.items()}
+    return _average_across_workers(means, ctx)
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 7919 + epoch)
+
+
+def _labelled_stream(data: TrainingData, config: Config, epoch: int) -> torch.Tensor:
+    """Enough shuffled passes over the labelled subset to give every step its labelled batch."""
+    needed = (len(data.x) // config.train.batch_size + 1) * config.train.labelled_batch_size
+    passes = needed // len(data.labelled) + 1
+    gen = _generator(config.train.seed + 1, epoch)
+    chunks = [data.labelled[torch.randperm(len(data.labelled), generator=gen)] for _ in range(passes)]
+    return torch.cat(chunks)[:needed]
+
+
+def _make_batch(model: AAEModel, data: TrainingData, idx: torch.Tensor, lab: torch.Tensor) -> Batch:
+    """The batch a variant asks for: no labels, the labelled subset's labels (-1 elsewhere), or all labels."""
+    x = data.x[idx]
+    if model.label_needs == "none":
+        return Batch(x=x)
+    if model.label_needs == "all":
+        return Batch(x=x, y=data.y[idx])
+    visible = torch.full_like(data.y[idx], -1)
+    known = torch.isin(idx, data.labelled)
+    visible[known] = data.y[idx][known]
+    return Batch(x=x, y=visible, x_labelled=data.x[lab], y_labelled=data.y[lab])
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Data-parallel step: average this phase's gradients over all workers in one flat all-reduce."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _average_across_workers(metrics: dict[str, float], ctx: WorkerContext) -> dict[str, float]:
+    if ctx.world == 1 or not metrics:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return {k: float(v) / ctx.world for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+@torch.no_grad()
+def validate(model: AAEModel, data: TrainingData, ctx: WorkerContext) -> dict[str, float]:
+    """Validation metrics: classification error (%) where the model has a y head, else reconstruction loss."""
+    model.eval()
+    x = data.x_val.to(ctx.device)
+    out: dict[str, float] = {}
+    if hasattr(model, "classify"):
+        probs = torch.cat([model.classify(chunk) for chunk in x.split(1000)])
+        out["val/error"] = float((probs.argmax(1).cpu() != data.y_val).float().mean() * 100)
+    recon = torch.cat([model.decode(model.encode(chunk)) for chunk in x.split(1000)]).clamp(1e-7, 1 - 1e-7)
+    bce = -(x * recon.log() + (1 - x) * (1 - recon).log()).sum(1).mean()
+    out["val/recon_bce"] = float(bce)
+    model.train()
+    return out
+
+
+def validation_metric(metrics: dict[str, float]) -> tuple[str, float]:
+    """The number that ranks checkpoints (lower is better)."""
+    key = "val/error" if "val/error" in metrics else "val/recon_bce"
+    return key, metrics[key]
+
+
+def save_checkpoint(model: AAEModel, run: RunDir, epoch: int, metrics: dict[str, float], best: float) -> float:
+    """Write epoch-NNNN.pt atomically (model, optimisers, schedulers, epoch), prune old ones, keep the best."""
+    state = {"epoch": epoch, "training_state": model.training_state(), "metrics": metrics}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    atomic_write_bytes(run.checkpoint_dir / f"epoch-{epoch + 1:04d}.pt", payload)
+    for old in sorted(run.checkpoint_dir.glob("epoch-*.pt"))[:-CHECKPOINTS_KEPT]:
+        old.unlink(missing_ok=True)
+    _, value = validation_metric(metrics)
+    if value <= best:
+        atomic_write_bytes(run.checkpoint_dir / "best.pt", payload)
+        best = value
+    return best
+
+
+def restore_latest_checkpoint(model: AAEModel, run: RunDir, device: torch.device) -> tuple[int, float]:
+    """Load the newest epoch checkpoint, if any; returns (next epoch, best validation value so far)."""
+    candidates = sorted(run.checkpoint_dir.glob("epoch-*.pt"))
+    if not candidates:
+        return 0, float("inf")
+    state = torch.load(candidates[-1], map_location=device, weights_only=True)
+    model.load_training_state(state["training_state"])
+    best = float("inf")
+    if (run.checkpoint_dir / "best.pt").exists():
+        best_state = torch.load(run.checkpoint_dir / "best.pt", map_location="cpu", weights_only=True)
+        best = validation_metric(best_state["metrics"])[1]
+    return state["epoch"] + 1, best
+
+
+def _maybe_inject_fault(ctx: WorkerContext, epoch: int, step: int) -> None:
+    """Tests only: SIGKILL this worker once at a chosen (epoch, step, rank) to exercise failure recovery."""
+    fault = ctx.fault
+    if not fault or (epoch, step, ctx.rank) != (fault["epoch"], fault["step"], fault["rank"]):
+        return
+    marker = Path(str(fault["marker"]))
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {ctx.rank} at epoch {epoch} step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpoint_payload(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
