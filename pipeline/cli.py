@@ -35,7 +35,10 @@ def data_prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid copy exists.")] = False,
 ) -> None:
     """Turn a dataset into verified Parquet files under the data directory."""
-    raise UserError("data prepare is not implemented yet")
+    from pipeline.data import dataset_summary, prepare_dataset  # imported here so `--help` stays fast
+
+    prepare_dataset(source, data_dir=data_dir, force=force)
+    typer.echo(f"prepared {dataset_summary(source, data_dir=data_dir)}")
 
 
 SetOption = Annotated[

@@ -10,7 +10,7 @@ from pipeline.errors import UserError
 from pipeline.progress import console, summary_table
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, new_run_dir
 from pipeline.stages.prepare import prepare
-from pipeline.stages.train import train
+from pipeline.stages.train import connect_cluster, train
 
 
 def resolve_run(
@@ -25,7 +25,6 @@ def resolve_run(
     if run_dir is not None and (run_dir / CONFIG_FILE).exists():
         raise UserError(f"{run_dir} already holds a run", "pick a new --run-dir, or continue it with --resume")
     path = run_dir.resolve() if run_dir is not None else new_run_dir(config.experiment)
-    path.mkdir(parents=True, exist_ok=True)
     return config, RunDir(path)
 
 
@@ -39,6 +38,8 @@ def _resume(path: Path, overrides: list[str], flags: dict[str, Any]) -> tuple[Co
 
 def run_experiment(config: Config, run: RunDir) -> dict[str, Any]:
     """prepare → train, each recorded in the manifest; returns the manifest's metrics."""
+    connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
+    run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(config))
     run.update_manifest(experiment=config.experiment, config=config.model_dump(mode="json"))
     console.print(f"run directory: {run.path}")

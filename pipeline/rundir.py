@@ -40,7 +40,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
-    """A fresh `runs/<experiment>-<timestamp>` directory (a suffix keeps two runs in one second apart)."""
+    """The path of a fresh `runs/<experiment>-<timestamp>` (a suffix keeps two runs in one second apart).
+
+    Not created here: a run that fails its checks before starting leaves nothing behind."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{Path(experiment).stem}-{stamp}"
     path = root / name
@@ -48,7 +50,6 @@ def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
     while path.exists():
         suffix += 1
         path = root / f"{name}-{suffix}"
-    path.mkdir(parents=True)
     return path.resolve()
 
 

@@ -66,10 +66,10 @@ def load_training_data(config: Config, device: torch.device | None = None) -> Tr
     on = device if config.run.data_on_device and device is not None else torch.device("cpu")
     return TrainingData(
         x=_to_float(images).to(on),
-        y=torch.as_tensor(labels, dtype=torch.long).to(on),
+        y=torch.tensor(labels, dtype=torch.long).to(on),
         labelled=torch.as_tensor(np.sort(labelled), dtype=torch.long).to(on),
         x_val=_to_float(val_images),
-        y_val=torch.as_tensor(val_labels, dtype=torch.long),
+        y_val=torch.tensor(val_labels, dtype=torch.long),
     )
 
 

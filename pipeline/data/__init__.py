@@ -81,6 +81,8 @@ def load_label_split(name: str, n_labels: int | str, seed: int, data_dir: Path |
     """Indices into the train split of a class-balanced labelled subset (or all of it), fixed by `seed`."""
     directory, manifest, rebuild = _open(name, data_dir)
     count = parse_n_labels(n_labels)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UserError(f"the label-split seed must be a whole number, not {seed!r}", "set seed to e.g. 0")
     if count is None:
         return np.arange(manifest["splits"]["train"]["rows"], dtype=np.int64)
     key = f"labels-{count}-seed{int(seed)}"
@@ -155,7 +157,8 @@ def _record_label_split(directory: Path, key: str, indices: np.ndarray, count: i
             return  # rebuilt meanwhile, or another worker recorded the same (deterministic) split first
         path = directory / f"{key}.npy"
         tmp = directory / f".{key}.npy.tmp"
-        np.save(tmp, indices, allow_pickle=False)
+        with tmp.open("wb") as handle:  # a handle, because np.save would append .npy to a path
+            np.save(handle, indices, allow_pickle=False)
         os.replace(tmp, path)
         manifest["files"][path.name] = file_record(path)
         manifest.setdefault("label_splits", {})[key] = {"file": path.name, "n_labels": count, "seed": seed}

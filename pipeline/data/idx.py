@@ -84,3 +84,11 @@ def _bad(path: Path, problem: str) -> UserError:
         f"IDX file {path} {problem}",
         "replace it with an intact copy (e.g. re-download the dataset) and run the prepare again",
     )
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzipped if the name ends in .gz), e.g. to export a dataset."""
+    data = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, UBYTE, data.ndim]) + np.asarray(data.shape, dtype=">u4").tobytes()
+    payload = header + data.tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)

@@ -37,5 +37,6 @@ def balanced_subset(labels: np.ndarray, n_labels: int, seed: int) -> np.ndarray:
         raise UserError(f"{n_labels} balanced labels need {wanted[c]} of class {classes[c]}, "
                         f"but the training split has only {available[c]}",
                         f"use at most {int(available.min()) * len(classes)} labels or 'all'")
-    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, wanted)]
+    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
+              for c, k in zip(classes, wanted, strict=True)]
     return np.sort(np.concatenate(picked)).astype(np.int64)

@@ -149,7 +149,7 @@ def _from_torchvision(downloads: Path) -> RawDataset:
     root = downloads / "torchvision"
     try:
         MNIST(str(root), train=True, download=True)  # fetches all four IDX files into root/MNIST/raw
-    except Exception as err:  # noqa: BLE001 - torchvision raises many kinds on a failed download
+    except Exception as err:  # torchvision raises many kinds of error on a failed download
         raise SourceUnavailable(f"torchvision download failed ({type(err).__name__}: {err})") from None
     raw = root / "MNIST" / "raw"
     files = [find_idx_file(raw, stem) for stem, _ in IDX_FILES.values()]
@@ -189,11 +189,16 @@ def mnist_from_pickle_gz(blob: bytes) -> Splits:
         loaded = _NumpyArrayUnpickler(io.BytesIO(gzip.decompress(blob)), encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
         raise UserError(f"the MNIST pickle could not be read ({err})", fix) from None
+    pairs = isinstance(loaded, tuple) and all(isinstance(part, tuple) and len(part) == 2 for part in loaded)
+    if not pairs or len(loaded) != 3:
+        raise UserError("the MNIST pickle is not three (images, labels) pairs", fix)
     splits: Splits = {}
-    for split, part in zip(CLASSIC_ROWS, loaded if isinstance(loaded, tuple) else (), strict=False):
-        images, labels = part
+    for split, (images, labels) in zip(CLASSIC_ROWS, loaded, strict=True):
         # float32 * 256 is exact (a power of two), so no wider copy of 50k images is needed.
-        scaled = np.asarray(images, dtype=np.float32).reshape(len(images), 28, 28) * np.float32(256)
+        try:
+            scaled = np.asarray(images, dtype=np.float32).reshape(len(images), 28, 28) * np.float32(256)
+        except (TypeError, ValueError):
+            raise UserError(f"the MNIST pickle's {split} images are not 28x28", fix) from None
         as_bytes = np.rint(scaled).astype(np.uint8)
         # The classic file stores x/256 exactly; anything else is not the file we think it is.
         if not np.array_equal(as_bytes, scaled) or len(labels) != len(images):

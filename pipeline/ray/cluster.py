@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ def connect(address: str | None, plan: WorkerResources, extra_cpus: float = 0.0)
         return
     common = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
     if address:
+        _probe(address)
         try:
             ray.init(address=address, **common)
         except Exception as err:  # Ray raises ConnectionError, RuntimeError or its own types here
@@ -70,6 +72,23 @@ def connect(address: str | None, plan: WorkerResources, extra_cpus: float = 0.0)
             **common,
         )
     check_capacity(plan, extra_cpus)
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a closed or unreachable head: ray.init would retry for minutes before giving up."""
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r} is not host:port", "write it like 127.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err})",
+            "start the cluster (docker compose up) or check --address host:port",
+        ) from None
 
 
 def _local_gpus() -> int:

@@ -10,11 +10,21 @@ from pipeline.ray import cluster, trainer
 from pipeline.rundir import RunDir
 
 
-def train(config: Config, run: RunDir) -> dict[str, Any]:
-    """Train on `config.run.workers` Ray workers; returns the last epoch's metrics."""
-    plan = cluster.plan_resources(
+def worker_plan(config: Config) -> cluster.WorkerResources:
+    """What each training worker asks Ray for."""
+    return cluster.plan_resources(
         config.run.workers, config.run.gpus_per_worker, config.run.cpus_per_worker, local=not config.run.address
     )
+
+
+def connect_cluster(config: Config) -> None:
+    """Start or join Ray and check that it can hold the run's workers."""
+    cluster.connect(config.run.address, worker_plan(config))
+
+
+def train(config: Config, run: RunDir) -> dict[str, Any]:
+    """Train on `config.run.workers` Ray workers; returns the last epoch's metrics."""
+    plan = worker_plan(config)
     cluster.connect(config.run.address, plan)
     per_worker = config.train.batch_size // config.run.workers
     console.print(

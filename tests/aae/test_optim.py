@@ -1,0 +1,55 @@
+"""The paper's per-phase rates are the defaults, and the step decay really runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aae.optim import PHASES, OptimConfig, build_optimizer
+from aae.variants import build_model
+
+
+def test_defaults_are_the_papers_sgd_recipe() -> None:
+    c = OptimConfig()
+    assert (c.recon_lr, c.recon_momentum) == (0.01, 0.9)
+    assert (c.disc_lr, c.disc_momentum, c.gen_lr, c.gen_momentum) == (0.1, 0.1, 0.1, 0.1)
+    assert (c.supervised_lr, c.supervised_momentum) == (0.1, 0.9)
+    assert c.decay_epochs == (50, 1000) and c.decay_factor == 0.1
+
+
+def test_every_phase_rate_is_divided_by_ten_after_epoch_50_and_1000() -> None:
+    model = build_model("semi_supervised", {"input_dim": 8, "hidden": [8], "disc_hidden": [8]})
+    model.configure_optimizers(OptimConfig())
+    initial = {p: model.optimizers[p].param_groups[0]["lr"] for p in PHASES}
+    for epoch in range(49):
+        model.end_epoch(epoch)
+    assert {p: model.optimizers[p].param_groups[0]["lr"] for p in PHASES} == initial
+    model.end_epoch(49)  # the 50th epoch is done: epoch 51 trains at a tenth of the rate
+    for p in PHASES:
+        assert model.optimizers[p].param_groups[0]["lr"] == pytest.approx(initial[p] / 10)
+    model.end_epoch(999)
+    for p in PHASES:
+        assert model.optimizers[p].param_groups[0]["lr"] == pytest.approx(initial[p] / 100)
+
+
+def test_end_epoch_is_idempotent_for_the_same_epoch() -> None:
+    model = build_model("unsupervised", {"input_dim": 8, "hidden": [8], "disc_hidden": [8]})
+    model.configure_optimizers(OptimConfig(decay_epochs=(2,)))
+    for _ in range(3):
+        model.end_epoch(0)
+    assert model.optimizers["reconstruction"].param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_adam_option_uses_its_own_rates_and_betas() -> None:
+    c = OptimConfig(kind="adam")
+    opt, _ = build_optimizer([torch.nn.Parameter(torch.zeros(1))], c, "discriminator")
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.param_groups[0]["lr"] == 1e-4 and opt.param_groups[0]["betas"] == (0.5, 0.999)
+    assert OptimConfig(kind="adam", recon_lr=0.5).recon_lr == 0.5
+
+
+def test_bad_optimiser_settings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        OptimConfig(kind="rmsprop")
+    with pytest.raises(ValueError, match="positive"):
+        OptimConfig(gen_lr=0.0)

@@ -1,0 +1,125 @@
+"""Every variant honours the model interface: config checks, loss keys, any batch size, exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aae.batch import Batch
+from aae.optim import OptimConfig
+from aae.variants import VARIANTS, build_model
+from aae.variants.base import AAEModel
+
+TINY = {"input_dim": 12, "hidden": (16,), "init_std": 0.1}
+LOSS_KEYS = {
+    "unsupervised": {"recon_loss", "disc_loss", "gen_loss"},
+    "vae": {"recon_loss", "kl_loss"},
+    "label_regularised": {"recon_loss", "disc_loss", "gen_loss"},
+    "supervised": {"recon_loss", "disc_loss", "gen_loss"},
+    "semi_supervised": {"recon_loss", "disc_y_loss", "disc_z_loss", "gen_y_loss", "gen_z_loss",
+                        "supervised_loss"},
+    "clustering": {"recon_loss", "disc_y_loss", "disc_z_loss", "gen_y_loss", "gen_z_loss"},
+    "dim_reduction": {"recon_loss", "hinge_loss", "disc_y_loss", "disc_z_loss", "gen_y_loss", "gen_z_loss",
+                      "supervised_loss"},
+}
+
+
+def tiny(name: str, **params: object) -> AAEModel:
+    extra = {} if name == "vae" else {"disc_hidden": (16,)}
+    model = build_model(name, {**TINY, **extra, **params})
+    model.configure_optimizers(OptimConfig(decay_epochs=(1,)))
+    return model
+
+
+def batch_of(n: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(10, (n,), generator=g)
+    return Batch(torch.rand(n, 12, generator=g), y, torch.rand(3, 12, generator=g),
+                 torch.randint(10, (3,), generator=g))
+
+
+def test_registry_names_the_seven_paper_models() -> None:
+    assert set(VARIANTS) == set(LOSS_KEYS)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_training_step_returns_float_losses_for_any_batch_size(name: str) -> None:
+    model = tiny(name)
+    for n in (1, 7, 100):
+        losses = model.training_step(batch_of(n, n))
+        assert set(losses) == LOSS_KEYS[name]
+        assert all(isinstance(v, float) and v == v for v in losses.values())
+    x = torch.rand(5, 12)
+    assert model.sample(4).shape == (4, 12)
+    if name == "supervised":  # its decoder reads [one-hot y, z]
+        assert model.decode_with_labels(model.encode(x), torch.arange(5)).shape == (5, 12)
+    else:
+        assert model.decode(model.encode(x)).shape == (5, 12)
+    assert model.label_needs in ("none", "some", "all")
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_resumed_training_repeats_uninterrupted_training_exactly(name: str) -> None:
+    model = tiny(name)
+    for step in range(3):
+        model.training_step(batch_of(8, step))
+    model.end_epoch(0)  # decays every rate, so the scheduler state matters too
+    state = model.training_state()
+    uninterrupted = [model.training_step(batch_of(8, 10 + step)) for step in range(3)]
+
+    resumed = tiny(name)  # different initial weights and RNG
+    resumed.load_training_state(state)
+    assert [resumed.training_step(batch_of(8, 10 + step)) for step in range(3)] == uninterrupted
+
+
+def test_grad_sync_is_called_once_per_phase_with_that_phases_parameters() -> None:
+    model = tiny("semi_supervised")
+    calls: list[int] = []
+    model.grad_sync = lambda params: calls.append(len(params))
+    model.training_step(batch_of(8, 0))
+    assert len(calls) == 4  # reconstruction, discriminators, generator, supervised
+    assert calls[1] == len(list(model.disc_y.parameters())) + len(list(model.disc_z.parameters()))
+
+
+def test_build_model_rejects_an_unknown_key_naming_it_and_the_allowed_keys() -> None:
+    with pytest.raises(ValueError, match=r"unknown key 'zdim'.*allowed keys:.*z_dim"):
+        build_model("semi_supervised", {"zdim": 10})
+    with pytest.raises(ValueError, match="unknown variant"):
+        build_model("semisupervised", {})
+
+
+def test_configs_are_checked_on_construction() -> None:
+    with pytest.raises(ValueError, match="encoder"):
+        build_model("unsupervised", {"encoder": "stochastic"})
+    with pytest.raises(ValueError, match="components"):
+        build_model("label_regularised", {"n_classes": 5, "prior": "mixture"})
+    with pytest.raises(ValueError, match="gaussian"):
+        build_model("vae", {"encoder": "deterministic"})
+
+
+def test_semi_supervised_defaults_are_the_measured_recipe() -> None:
+    model = build_model("semi_supervised", {})
+    c = model.config
+    assert (c.input_dim, c.hidden, c.disc_hidden, c.z_dim, c.n_classes) == (784, (1000, 1000), (1000, 1000), 10, 10)
+    assert (c.encoder, c.init_std, c.recon_loss, c.disc_noise_std, c.z_prior_std) == (
+        "deterministic", 0.01, "bce", 0.0, 5.0)
+    first = model.encoder.trunk[1][0]
+    assert abs(first.weight.std().item() - 0.01) < 1e-3 and first.bias.abs().sum() == 0
+    assert model.decoder.net[0].in_features == 20  # [softmax(y), z]
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "universal"])
+def test_stochastic_encoders_give_varying_codes_in_training(kind: str) -> None:
+    model = tiny("unsupervised", encoder=kind)
+    x = torch.rand(4, 12)
+    assert not torch.equal(model.encoder(x).code, model.encoder(x).code)
+
+
+def test_conv_networks_take_3x32x32_images() -> None:
+    model = build_model("unsupervised", {"input_dim": 3072, "network": "conv", "hidden": (32,),
+                                         "disc_hidden": (16,)})
+    model.configure_optimizers(OptimConfig())
+    x = torch.rand(2, 3, 32, 32)
+    losses = model.training_step(Batch(x))
+    assert losses["recon_loss"] > 0 and model.sample(3).shape == (3, 3, 32, 32)
