@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import UserError
+from pipeline.errors import StageError, UserError
 
 app = typer.Typer(
     name="aae-pipeline",
@@ -41,6 +41,10 @@ def data_prepare(
     typer.echo(f"prepared {dataset_summary(source, data_dir=data_dir)}")
 
 
+WandbOption = Annotated[
+    str | None,
+    typer.Option("--wandb", help="online | offline | disabled (default: online with credentials, else offline)."),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config key, e.g. --set data.labels=1000 (repeatable)."),
@@ -87,8 +91,14 @@ def run(
         Path | None, typer.Option("--resume", help="Continue the run in this directory from its checkpoint.")
     ] = None,
     overrides: SetOption = None,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="Redo this stage and the ones after it (prepare|train|evaluate|"
+                                              "visualize|track).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage even if its inputs are unchanged.")] = False,
+    wandb: WandbOption = None,
 ) -> None:
-    """Train one experiment with Ray Train and leave everything in a run directory."""
+    """Train one experiment with Ray Train, then evaluate, draw and track it; everything lands in a run directory."""
     from pipeline.run import resolve_run, run_experiment
 
     flags = {
@@ -97,9 +107,30 @@ def run(
         "train.epochs": epochs,
         "train.seed": seed,
         "run.address": address,
+        "tracking.wandb": wandb,
     }
     config, run_directory = resolve_run(experiment, overrides or [], flags, run_dir, resume)
-    run_experiment(config, run_directory)
+    run_experiment(config, run_directory, from_stage=from_stage, force=force)
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a trained checkpoint.")],
+    wandb: WandbOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo the stages even if their inputs are unchanged.")] = False,
+) -> None:
+    """Run evaluate → visualize → track on an existing run."""
+    from pipeline.run import evaluate_existing
+
+    evaluate_existing(run_dir, wandb=wandb, force=force)
+
+
+@app.command("report")
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")]) -> None:
+    """Print the paper's tables with the paper's numbers beside these runs' numbers."""
+    from pipeline.report import print_report
+
+    print_report(run_dirs)
 
 
 def main() -> None:
@@ -109,6 +140,9 @@ def main() -> None:
     except UserError as err:
         print(f"error: {err.one_line()}", file=sys.stderr)
         sys.exit(2)
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)

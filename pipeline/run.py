@@ -1,31 +1,69 @@
-"""`aae-pipeline run`: resolve the config, lay out the run directory, and chain the stages."""
+"""`aae-pipeline run` and `eval`: resolve the config, find or lay out the run directory, chain the stages.
+
+The durable record is the run directory's manifest.json: every stage's status, seconds, outputs and input
+hash. A re-run of the same command finds the earlier run directory by its run key and skips every stage
+whose inputs are unchanged.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, config_to_yaml, load_config
-from pipeline.errors import UserError
+from pipeline.errors import StageError, UserError
 from pipeline.progress import console, summary_table
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, new_run_dir
-from pipeline.stages.prepare import prepare
-from pipeline.stages.train import connect_cluster, train
+from pipeline.stages import STAGE_NAMES, STAGES, Stage, input_hash
+
+RUNS_ROOT = Path("runs")
+# Sections that change no trained result: a run that differs only in these reuses the earlier run directory.
+_NOT_IN_RUN_KEY = ("description", "tracking", "evaluate")
+
+
+def run_key(config: Config) -> str:
+    """Identity of a run: the hash of every config key that can change what training produces."""
+    dumped = config.model_dump(mode="json")
+    for key in _NOT_IN_RUN_KEY:
+        dumped.pop(key, None)
+    dumped["run"].pop("address", None)
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve_run(
     experiment: str | None, overrides: list[str], flags: dict[str, Any], run_dir: Path | None, resume: Path | None
 ) -> tuple[Config, RunDir]:
-    """The validated config and its run directory, for a new run or for `--resume RUN_DIR`."""
+    """The validated config and its run directory: resumed, reused (same run key), or new."""
     if resume is not None:
         return _resume(resume, overrides, flags)
     if experiment is None:
         raise UserError("no experiment given", "name one (see `aae-pipeline experiments`) or pass --resume RUN_DIR")
     config = load_config(experiment, overrides, flags)
-    if run_dir is not None and (run_dir / CONFIG_FILE).exists():
-        raise UserError(f"{run_dir} already holds a run", "pick a new --run-dir, or continue it with --resume")
-    path = run_dir.resolve() if run_dir is not None else new_run_dir(config.experiment)
-    return config, RunDir(path)
+    if run_dir is not None:
+        existing = RunDir(run_dir)
+        if (run_dir / CONFIG_FILE).exists() and existing.read_manifest().get("run_key") != run_key(config):
+            raise UserError(
+                f"{run_dir} holds a run with a different config", "pick a new --run-dir, or continue it with --resume"
+            )
+        return config, existing
+    previous = find_previous_run(config)
+    return config, previous or RunDir(new_run_dir(config.experiment, RUNS_ROOT))
+
+
+def find_previous_run(config: Config, root: Path = RUNS_ROOT) -> RunDir | None:
+    """The newest run directory under `root` made from the same run key, if any."""
+    key = run_key(config)
+    for manifest in sorted(root.glob(f"{config.experiment}-*/manifest.json"), reverse=True):
+        try:
+            if json.loads(manifest.read_text()).get("run_key") == key:
+                return RunDir(manifest.parent)
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
 
 
 def _resume(path: Path, overrides: list[str], flags: dict[str, Any]) -> tuple[Config, RunDir]:
@@ -36,19 +74,89 @@ def _resume(path: Path, overrides: list[str], flags: dict[str, Any]) -> tuple[Co
     return load_config(str(config_file), overrides, flags), RunDir(path)
 
 
-def run_experiment(config: Config, run: RunDir) -> dict[str, Any]:
-    """prepare → train, each recorded in the manifest; returns the manifest's metrics."""
-    connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
+def run_experiment(
+    config: Config, run: RunDir, from_stage: str | None = None, force: bool = False,
+    stages: tuple[str, ...] = STAGE_NAMES,
+) -> dict[str, Any]:
+    """Run the chain (skipping stages whose inputs are unchanged); returns the manifest's metrics."""
+    redo_from = _stage_index(from_stage) if from_stage else len(STAGES)
+    wanted = [(stage, force or index >= redo_from) for index, stage in enumerate(STAGES) if stage.name in stages]
+    if not all(not redo and _reusable(stage, config, run) for stage, redo in wanted):
+        from pipeline.stages.train import connect_cluster
+
+        connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(config))
-    run.update_manifest(experiment=config.experiment, config=config.model_dump(mode="json"))
+    run.update_manifest(experiment=config.experiment, run_key=run_key(config), config=config.model_dump(mode="json"))
     console.print(f"run directory: {run.path}")
-    with run.stage("prepare") as outputs:
-        outputs.update(prepare(config))
-    with run.stage("train") as outputs:
-        final = train(config, run)
-        outputs["checkpoint"] = str(run.checkpoint_dir / "best.pt")
-    metrics = run.update_manifest(metrics=final)["metrics"]
-    console.print(summary_table(f"{config.experiment}: final metrics", metrics))
-    console.print(f"results: {run.path}")
+    for stage, redo in wanted:
+        _run_stage(stage, config, run, redo)
+    metrics = run.read_manifest()["metrics"]
+    _print_summary(config, run, metrics)
     return metrics
+
+
+def evaluate_existing(run_dir: Path, wandb: str | None = None, force: bool = False) -> dict[str, Any]:
+    """`aae-pipeline eval RUN_DIR`: evaluate → visualize → track on a trained run."""
+    config, run = _resume(run_dir, [], {"tracking.wandb": wandb})
+    if not (run.checkpoint_dir / "best.pt").exists():
+        raise UserError(f"{run_dir} has no trained checkpoint", f"train it first: aae-pipeline run --resume {run_dir}")
+    return run_experiment(config, run, force=force, stages=("evaluate", "visualize", "track"))
+
+
+def _stage_index(name: str) -> int:
+    if name not in STAGE_NAMES:
+        raise UserError(f"unknown stage {name!r} for --from", f"choose one of: {', '.join(STAGE_NAMES)}")
+    return STAGE_NAMES.index(name)
+
+
+def _reusable(stage: Stage, config: Config, run: RunDir) -> bool:
+    """Whether the stage finished before with exactly these inputs."""
+    if not run.manifest_path.exists():
+        return False
+    record = run.read_manifest().get("stages", {}).get(stage.name, {})
+    return record.get("status") == "done" and record.get("input_hash") == input_hash(stage, config, run)
+
+
+def _run_stage(stage: Stage, config: Config, run: RunDir, redo: bool) -> None:
+    """Skip the stage if it finished with these exact inputs, else run it and record the outcome."""
+    record = run.read_manifest().get("stages", {}).get(stage.name, {})
+    if not redo and _reusable(stage, config, run):
+        console.print(f"[dim]{stage.name:<10} reused (inputs unchanged; took {record.get('seconds', 0):.1f}s)[/dim]")
+        return
+    if stage.name != "train":
+        console.print(f"{stage.name:<10} running…")
+    started = time.perf_counter()
+    digest = input_hash(stage, config, run)
+    try:
+        with run.stage(stage.name, input_hash=digest) as outputs:
+            result = _execute(stage, config, run)
+            outputs.update({key: value for key, value in result.items() if key != "metrics"})
+    except UserError:
+        raise
+    except Exception as err:
+        log_path = run.path / "logs" / f"{stage.name}-error.log"
+        log_path.parent.mkdir(exist_ok=True)
+        log_path.write_text("".join(traceback.format_exception(err)))
+        raise StageError(stage.name, err, str(log_path)) from err
+    if result.get("metrics"):
+        run.update_manifest(metrics=result["metrics"])
+    console.print(f"{stage.name:<10} done in {time.perf_counter() - started:.1f}s")
+
+
+def _execute(stage: Stage, config: Config, run: RunDir) -> dict[str, Any]:
+    if not stage.as_task:
+        return stage.run(config, run)
+    from pipeline.ray.tasks import run_as_task
+
+    return run_as_task(stage.run, config, run)
+
+
+def _print_summary(config: Config, run: RunDir, metrics: dict[str, Any]) -> None:
+    shown = {key: value for key, value in metrics.items() if key.startswith(("test/", "val/")) or key == "epoch"}
+    console.print(summary_table(f"{config.experiment}: results", shown or metrics))
+    for key, label in (("test/error", "test error"), ("test/cluster_error", "test cluster error"),
+                       ("test/dimred_error", "dimensionality-reduction error")):
+        if key in metrics:
+            console.print(f"[bold]{label}: {metrics[key]:.2f}%[/bold]")
+    console.print(f"results: {run.path}")

@@ -65,15 +65,16 @@ def load_training_data(config: Config, device: torch.device | None = None) -> Tr
         labelled = _balanced_subset(labels, config.data.labels, config.data.label_seed)
     on = device if config.run.data_on_device and device is not None else torch.device("cpu")
     return TrainingData(
-        x=_to_float(images).to(on),
+        x=to_float(images).to(on),
         y=torch.tensor(labels, dtype=torch.long).to(on),
         labelled=torch.as_tensor(np.sort(labelled), dtype=torch.long).to(on),
-        x_val=_to_float(val_images),
+        x_val=to_float(val_images),
         y_val=torch.tensor(val_labels, dtype=torch.long),
     )
 
 
-def _to_float(images: np.ndarray) -> torch.Tensor:
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """Images (N, H, W) uint8 as flat (N, H*W) floats in [0, 1]."""
     return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
 
 
@@ -125,10 +126,12 @@ def train(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | No
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
         losses = train_one_epoch(model, data, config, ctx, epoch)
+        trained = time.perf_counter()
         last = {**losses, **validate(model, data, ctx)}
         last["epoch"] = epoch + 1
         last["time/epoch_s"] = round(time.perf_counter() - started, 3)
-        last["time/examples_per_s"] = round(_examples_per_epoch(config, data) / last["time/epoch_s"], 1)
+        last["time/train_s"] = round(trained - started, 3)
+        last["time/examples_per_s"] = round(_examples_per_epoch(config, data) / (trained - started), 1)
         if ctx.rank == 0:
             best = save_checkpoint(model, run, epoch, last, best)
             with run.metrics_path.open("a") as log:

@@ -23,7 +23,7 @@ def connect_cluster(config: Config) -> None:
 
 
 def train(config: Config, run: RunDir) -> dict[str, Any]:
-    """Train on `config.run.workers` Ray workers; returns the last epoch's metrics."""
+    """Train on `config.run.workers` Ray workers; returns the last epoch's metrics and the checkpoint."""
     plan = worker_plan(config)
     cluster.connect(config.run.address, plan)
     per_worker = config.train.batch_size // config.run.workers
@@ -39,6 +39,5 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     finally:
         printer.stop()
     rows = run.read_metrics()
-    if not rows:
-        return {}
-    return {key: value for key, value in rows[-1].items() if not key.startswith("time/")}
+    final = {key: value for key, value in rows[-1].items() if not key.startswith("time/")} if rows else {}
+    return {"metrics": final, "checkpoint": str(run.checkpoint_dir / "best.pt"), "epochs": len(rows)}

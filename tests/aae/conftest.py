@@ -11,6 +11,7 @@ import torch
 from aae.batch import Batch
 from aae.variants.base import AAEModel
 
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     # One thread: the machine is shared, and results are bit-reproducible per seed. AAE_TEST_SEED lets

@@ -11,7 +11,6 @@ from aae.optim import OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
 
-
 # Small nets need a wider init than the paper's 0.01 (tuned for 1000-unit layers) to pass signal.
 SMALL_NETS = {"hidden": (64, 64), "init_std": 0.1}
 

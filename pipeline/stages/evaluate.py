@@ -1,0 +1,154 @@
+"""Stage 3: the paper's test-set numbers for a trained run, written to evaluation.json.
+
+Which evaluations a model gets is decided in one place, EVALUATIONS, keyed by variant name: every model is
+scored on reconstruction and Parzen log-likelihood; models with a y head add classification or clustering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from aae import metrics as m
+from aae.variants.base import AAEModel
+from pipeline.config import Config
+from pipeline.rundir import RunDir, atomic_write_text
+from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
+
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class Inputs:
+    """What every evaluation reads: the config, the trained model and the test split."""
+
+    config: Config
+    model: AAEModel
+    test: Split
+
+
+@dataclass
+class Outcome:
+    """Flat `test/*` metrics and named tables ({"columns": [...], "rows": [[...], ...]})."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+    def merge(self, other: Outcome) -> None:
+        """Add another evaluation's metrics and tables to this one."""
+        self.metrics.update(other.metrics)
+        self.tables.update(other.tables)
+
+
+def reconstruction(inputs: Inputs) -> Outcome:
+    """test/recon_mse (per pixel) and test/recon_bce (summed over pixels) of decode(encode(x))."""
+    model, test = inputs.model, inputs.test
+    if hasattr(model, "decode_with_labels"):  # the supervised AAE's decoder also reads the true label
+        labels = torch.as_tensor(test.y)
+        x_hat = torch.cat([model.decode_with_labels(model.encode(x), y)
+                           for x, y in zip(test.x.split(CHUNK), labels.split(CHUNK), strict=True)])
+    else:
+        x_hat = batched(lambda x: model.decode(model.encode(x)), test.x)
+    return Outcome({f"test/{k}": v for k, v in m.reconstruction_errors(test.x, x_hat).items()})
+
+
+def parzen(inputs: Inputs) -> Outcome:
+    """Parzen-window log-likelihood of the test set from generated samples, σ chosen on validation images."""
+    config, model = inputs.config, inputs.model
+    n = config.evaluate.parzen_samples
+    with torch.random.fork_rng():  # the priors draw from the global RNG; seed it without disturbing the caller
+        torch.manual_seed(config.train.seed)
+        samples = torch.cat([model.sample(min(CHUNK, n - i)).cpu() for i in range(0, n, CHUNK)])
+    validation = load_eval_split(config, "validation", limit=config.evaluate.parzen_validation)
+    sigma, _ = m.select_parzen_sigma(samples, validation.x)
+    return Outcome({"test/parzen_ll": m.parzen_log_likelihood(samples, inputs.test.x, sigma),
+                    "test/parzen_sigma": sigma})
+
+
+def classification(inputs: Inputs) -> Outcome:
+    """test/error: q(y|x) as a classifier, with the error of each class as a table."""
+    probs = batched(inputs.model.classify, inputs.test.x)
+    return Outcome({"test/error": m.classification_error(probs, inputs.test.y)},
+                   {"per_class_error": _per_class_table(probs, inputs.test.y)})
+
+
+def clustering(inputs: Inputs) -> Outcome:
+    """The paper's cluster error (each cluster takes the label of its most confident training example), the
+    majority-vote error, NMI and ARI; per-class errors under the paper's mapping as a table."""
+    train = load_eval_split(inputs.config, "train")
+    train_probs = batched(inputs.model.classify, train.x)
+    test_probs = batched(inputs.model.classify, inputs.test.x)
+    report = m.clustering_report(train_probs, train.y, test_probs, inputs.test.y)
+    mapping = m.paper_cluster_labels(train_probs, train.y)
+    predicted = mapping[test_probs.argmax(1).numpy()]
+    return Outcome({f"test/{k}": v for k, v in report.items()},
+                   {"per_class_error": _per_class_table(predicted, inputs.test.y)})
+
+
+def dim_reduction(inputs: Inputs) -> Outcome:
+    """test/dimred_error: the classification error when trained with labels, else the paper's cluster error."""
+    uses_labels = inputs.model.config.use_labels
+    outcome = classification(inputs) if uses_labels else clustering(inputs)
+    outcome.metrics["test/dimred_error"] = outcome.metrics["test/error" if uses_labels else "test/cluster_error"]
+    return outcome
+
+
+Evaluation = Callable[[Inputs], Outcome]
+EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen)
+# The one place that says which evaluations a variant gets beyond reconstruction and likelihood.
+# The supervised AAE has no classifier (its decoder is given y), so it gets none.
+EVALUATIONS: dict[str, tuple[Evaluation, ...]] = {
+    "unsupervised": (),
+    "vae": (),
+    "label_regularised": (),
+    "supervised": (),
+    "semi_supervised": (classification,),
+    "clustering": (clustering,),
+    "dim_reduction": (dim_reduction,),
+}
+
+
+def evaluate(config: Config, run: RunDir) -> dict[str, float]:
+    """Score the run's best checkpoint on the test split; writes evaluation.json and returns its metrics."""
+    test = load_eval_split(config, "test")
+    trained = load_trained_model(config, run, input_dim=test.x.shape[1])
+    inputs = Inputs(config, trained.model, test)
+    outcome, seconds = Outcome(), {}
+    for evaluation in (*EVALUATIONS.get(config.model.variant, ()), *EVERY_MODEL):
+        started = time.perf_counter()
+        outcome.merge(evaluation(inputs))
+        seconds[evaluation.__name__] = round(time.perf_counter() - started, 2)
+    payload = {
+        "metrics": {k: _json_number(v) for k, v in outcome.metrics.items()},
+        "tables": outcome.tables,
+        "checkpoint": {"file": str(trained.checkpoint.relative_to(run.path)), "epoch": trained.epoch},
+        "seconds": seconds,
+    }
+    atomic_write_text(run.path / EVALUATION_FILE, json.dumps(payload, indent=2) + "\n")
+    return outcome.metrics
+
+
+def read_evaluation(run: RunDir) -> dict[str, Any] | None:
+    """A run's evaluation.json, or None if it was never evaluated."""
+    path = run.path / EVALUATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _per_class_table(pred: Any, labels: np.ndarray) -> dict[str, list[Any]]:
+    n_classes = int(labels.max()) + 1
+    errors = m.per_class_error(pred, labels, n_classes)
+    counts = np.bincount(labels, minlength=n_classes)
+    rows = [[c, int(counts[c]), _json_number(errors[c])] for c in range(n_classes)]
+    return {"columns": ["class", "test examples", "error %"], "rows": rows}
+
+
+def _json_number(value: float) -> float | None:
+    """JSON has no NaN or infinity: such a value is written as null."""
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,244 @@
+"""Stage 4: the paper's figures for the experiment that was run, as PNGs under <run>/figures/.
+
+Which figures a variant gets is decided in one place, FIGURES, keyed by variant name. Figures are drawn on
+matplotlib's Agg canvas through the object API (no pyplot, no global backend state) and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+
+from aae.priors import GaussianPrior
+from aae.variants.base import AAEModel
+from pipeline.config import Config
+from pipeline.rundir import RunDir, atomic_write_bytes
+from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
+
+FIGURE_DIR = "figures"
+SCATTER_POINTS = 5000  # hold-out codes drawn in the scatter plots
+GRID = 20  # images per side of the prior-grid figure
+STYLE_ROWS = 10  # test digits whose style is rendered as every class
+CLUSTER_MEMBERS = 10  # members shown beside each cluster head
+
+
+@dataclass
+class Canvas:
+    """What every figure reads: the trained model, the test split, the run and its config."""
+
+    config: Config
+    run: RunDir
+    model: AAEModel
+    test: Split
+
+
+def codes(c: Canvas) -> Figure:
+    """Hold-out codes coloured by label: 2-D codes as they are, longer ones projected on 2 principal axes."""
+    x, y = c.test.x[:SCATTER_POINTS], c.test.y[:SCATTER_POINTS]
+    points, how = _to_2d(batched(c.model.encode, x).numpy())
+    fig, ax = _figure(6.5, 6)
+    _scatter_by_label(ax, points, y)
+    ax.set_title(f"Test-set codes {how}, coloured by label")
+    return fig
+
+
+def prior_grid(c: Canvas) -> Figure | None:
+    """Images decoded from a grid over a 2-D prior: Gaussian percentiles, or the span of other priors' draws."""
+    prior = getattr(c.model, "prior", None)
+    if prior is None or prior.dim != 2:
+        return None
+    if isinstance(prior, GaussianPrior):  # evenly spaced percentiles, as in the paper's figure
+        spots = torch.distributions.Normal(prior.mean, prior.std).icdf(torch.linspace(0.03, 0.97, GRID))
+        axes, how = (spots, spots), "Gaussian percentiles 3%-97%"
+    else:
+        draws = prior.sample(10_000, generator=torch.Generator().manual_seed(0))
+        lo, hi = torch.quantile(draws, 0.01, dim=0), torch.quantile(draws, 0.99, dim=0)
+        axes = tuple(torch.linspace(float(lo[i]), float(hi[i]), GRID) for i in range(2))
+        how = "the prior's 1%-99% range"
+    grid = torch.stack(torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy"), -1).reshape(-1, 2)
+    images = c.model.decode(grid.to(c.model.device)).cpu()
+    fig, ax = _figure(7, 7.3)
+    _show_mosaic(ax, images, GRID, GRID)
+    ax.set_title(f"Decoded from a {GRID}x{GRID} grid over z ({how});\nz1 left→right, z2 bottom→top")
+    return fig
+
+
+def style_grid(c: Canvas) -> Figure:
+    """Rows: the style z of one test digit (shown first); columns: that style decoded as each class."""
+    model, x = c.model, c.test.x[:STYLE_ROWS]
+    n_classes = model.config.n_classes
+    z = model.infer(x).code
+    z_rep = z.repeat_interleave(n_classes, 0)
+    y = torch.arange(n_classes).repeat(len(x)).to(model.device)
+    if hasattr(model, "decode_with_labels"):  # supervised: the decoder reads [one-hot y, z]
+        rendered = model.decode_with_labels(z_rep, y)
+    else:  # semi-supervised: the decoder reads representation(one-hot y, z)
+        rendered = model.decode(model.representation(F.one_hot(y, n_classes).to(z_rep), z_rep))
+    rows = torch.cat([x[:, None], rendered.cpu().reshape(len(x), n_classes, -1)], 1).reshape(-1, x.shape[1])
+    fig, ax = _figure(7.5, 7.3)
+    _show_mosaic(ax, rows, len(x), n_classes + 1)
+    ax.set_title("Style and content: each row keeps one test digit's style z (first column: the digit)\n"
+                 "and decodes it with label y = 0 … 9 (columns)")
+    return fig
+
+
+def cluster_heads(c: Canvas) -> Figure:
+    """Each cluster's head (y_i decoded with z = 0, first column) and its most confident test members."""
+    model = c.model
+    k = model.n_categories
+    on = model.device
+    heads = model.decode(model.representation(torch.eye(k, device=on), torch.zeros(k, model.config.z_dim, device=on)))
+    probs = batched(model.classify, c.test.x)
+    assigned = probs.argmax(1)
+    rows = []
+    for i in range(k):
+        members = torch.nonzero(assigned == i).flatten()
+        best = members[probs[members, i].argsort(descending=True)[:CLUSTER_MEMBERS]]
+        blank = torch.zeros(CLUSTER_MEMBERS - len(best), c.test.x.shape[1])
+        rows.append(torch.cat([heads[i : i + 1].cpu(), c.test.x[best], blank]))
+    fig, ax = _figure(6.5, 0.55 * k + 1)
+    _show_mosaic(ax, torch.cat(rows), k, CLUSTER_MEMBERS + 1)
+    ax.set_title(f"{k} clusters: head (y_i decoded with z = 0, first column),\n"
+                 "then the test digits it holds most confidently")
+    ax.set_yticks([(i + 0.5) * _side(c.test.x.shape[1])[0] for i in range(k)], [str(i) for i in range(k)])
+    ax.set_ylabel("cluster")
+    return fig
+
+
+def dimred_map(c: Canvas) -> Figure:
+    """The dimensionality-reduction map: encode(x) = W_C·y + z coloured by label, cluster heads marked."""
+    x, y = c.test.x[:SCATTER_POINTS], c.test.y[:SCATTER_POINTS]
+    points = batched(c.model.encode, x).numpy()
+    heads = c.model.cluster_heads().cpu().numpy()
+    projection = PCA(2).fit(points) if points.shape[1] > 2 else None
+    if projection is not None:
+        points, heads = projection.transform(points), projection.transform(heads)
+    fig, ax = _figure(6.5, 6)
+    _scatter_by_label(ax, points, y)
+    ax.scatter(heads[:, 0], heads[:, 1], marker="X", s=120, c="black", edgecolors="white", label="cluster head")
+    ax.legend(loc="best", fontsize=8, markerscale=1.2, ncols=2)
+    how = f"{c.model.config.z_dim}-D map, principal axes" if projection is not None else "2-D map"
+    ax.set_title(f"Dimensionality reduction ({how}): test digits by label, cluster heads ✕")
+    return fig
+
+
+def samples(c: Canvas) -> Figure:
+    """100 images decoded from prior draws."""
+    with torch.random.fork_rng():
+        torch.manual_seed(c.config.train.seed)
+        images = c.model.sample(100).cpu()
+    fig, ax = _figure(6, 6.3)
+    _show_mosaic(ax, images, 10, 10)
+    ax.set_title("Random samples: prior draws decoded")
+    return fig
+
+
+def curves(c: Canvas) -> Figure | None:
+    """Training losses and the validation metric per epoch, from metrics.jsonl."""
+    rows = c.run.read_metrics()
+    if not rows:
+        return None
+    epochs = [row["epoch"] for row in rows]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    losses, val = fig.subplots(1, 2)
+    for key in sorted({k for row in rows for k in row if k.startswith("train/")}):
+        losses.plot(epochs, [row.get(key, math.nan) for row in rows], marker=".", label=key.removeprefix("train/"))
+    losses.set_yscale("symlog", linthresh=1.0)
+    losses.set(title="Training losses (mean per epoch)", xlabel="epoch", ylabel="loss (symlog scale)")
+    losses.legend(fontsize=8)
+    key = "val/error" if "val/error" in rows[0] else "val/recon_bce"
+    val.plot(epochs, [row.get(key, math.nan) for row in rows], marker="o", color="tab:red")
+    val.set(title=f"Validation: {key}", xlabel="epoch",
+            ylabel="error %" if key == "val/error" else "BCE (nats per image)")
+    for ax in (losses, val):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+FigureFn = Callable[[Canvas], Figure | None]
+# The one place that says which of the paper's figures each variant gets (a figure may still decline,
+# e.g. prior_grid for a code that is not 2-D).
+FIGURES: dict[str, tuple[FigureFn, ...]] = {
+    "unsupervised": (codes, prior_grid, samples, curves),
+    "vae": (codes, prior_grid, samples, curves),
+    "label_regularised": (codes, prior_grid, samples, curves),
+    "supervised": (codes, style_grid, samples, curves),
+    "semi_supervised": (codes, style_grid, samples, curves),
+    "clustering": (codes, cluster_heads, samples, curves),
+    "dim_reduction": (dimred_map, samples, curves),
+}
+
+
+def visualize(config: Config, run: RunDir) -> dict[str, str]:
+    """Draw the variant's figures from the best checkpoint; returns figure name → PNG path within the run."""
+    test = load_eval_split(config, "test")
+    model = load_trained_model(config, run, input_dim=test.x.shape[1]).model
+    canvas = Canvas(config, run, model, test)
+    written = {}
+    for draw in FIGURES.get(config.model.variant, (codes, samples, curves)):
+        with torch.no_grad():
+            fig = draw(canvas)
+        if fig is None:
+            continue
+        relative = f"{FIGURE_DIR}/{draw.__name__}.png"
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        atomic_write_bytes(run.path / relative, buffer.getvalue())
+        written[draw.__name__] = relative
+    return written
+
+
+# --- drawing helpers ----------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots()
+
+
+def _to_2d(points: np.ndarray) -> tuple[np.ndarray, str]:
+    """The points themselves if 2-D, else their projection on the first two principal axes."""
+    if points.shape[1] == 2:
+        return points, "(2-D)"
+    return PCA(2).fit_transform(points), f"({points.shape[1]}-D, first two principal axes)"
+
+
+def _scatter_by_label(ax: Axes, points: np.ndarray, labels: np.ndarray) -> None:
+    palette = colormaps["tab10"]
+    for label in np.unique(labels):
+        at = labels == label
+        ax.scatter(points[at, 0], points[at, 1], s=3, alpha=0.6, color=palette(int(label) % 10), label=str(label))
+    ax.legend(title="label", markerscale=4, fontsize=8, loc="upper right")
+    ax.set(xlabel="code axis 1", ylabel="code axis 2")
+
+
+def _side(dim: int) -> tuple[int, int, int]:
+    """(height, width, channels) of a flat image: 28x28 grey (MNIST) or 32x32 colour (3072)."""
+    if dim == 3 * 32 * 32:
+        return 32, 32, 3
+    side = math.isqrt(dim)
+    return side, side, 1
+
+
+def _show_mosaic(ax: Axes, images: torch.Tensor, rows: int, cols: int) -> None:
+    """Tile rows*cols flat images into one picture, with thin separators, and hide the axes' ticks."""
+    h, w, ch = _side(images.shape[1])
+    tiles = images.reshape(rows, cols, ch, h, w).permute(0, 3, 1, 4, 2).clamp(0, 1)
+    mosaic = tiles.reshape(rows * h, cols * w, ch).numpy()
+    ax.imshow(mosaic[..., 0] if ch == 1 else mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for i in range(1, cols):
+        ax.axvline(i * w - 0.5, color="tab:blue", lw=0.3)
+    for i in range(1, rows):
+        ax.axhline(i * h - 0.5, color="tab:blue", lw=0.3)
+    ax.set_xticks([])
+    ax.set_yticks([])
