@@ -24,8 +24,8 @@ import torch
 from aae.batch import Batch
 from pipeline.config import load_config
 from pipeline.ray import cluster
-from pipeline.rundir import RunDir
 from pipeline.run import run_experiment
+from pipeline.rundir import RunDir
 from pipeline.training import build_training_model, load_training_data
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,9 +54,8 @@ def bare_loop(limit: int, steps: int) -> float:
 def pipeline_run(limit: int, epochs: int, workers: int) -> dict[str, float]:
     """Examples/s of `run` (median over epochs after the first) and its fixed start-up/teardown cost."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(
-            "semisup", [f"data.limit={limit}"], {"run.workers": workers, "train.epochs": epochs, "tracking.wandb": "disabled"}
-        )
+        flags = {"run.workers": workers, "train.epochs": epochs, "tracking.wandb": "disabled"}
+        config = load_config("semisup", [f"data.limit={limit}"], flags)
         run = RunDir(Path(tmp) / "run")
         started = time.perf_counter()
         run_experiment(config, run, stages=("prepare", "train"))
@@ -118,9 +117,14 @@ def render(result: dict) -> str:
         f"| bare single-process loop | {result['bare_examples_per_s']:.0f} ex/s | |",
         f"| run, 1 worker | {result['run_1_worker']['examples_per_s']:.0f} ex/s | |",
         f"| run, 2 workers | {result['run_2_workers']['examples_per_s']:.0f} ex/s | |",
-        f"| 1 worker / bare | {result['one_worker_vs_bare']:.2f}x | {verdict('one_worker_vs_bare', result['one_worker_vs_bare'])} |",
-        f"| 2 workers / 1 worker | {result['two_workers_vs_one']:.2f}x | {verdict('two_workers_vs_one', result['two_workers_vs_one'])} |",
-        f"| Ray start-up + teardown per run | {result['overhead_s']:.1f} s | {verdict('overhead_s', result['overhead_s'])} |",
+        *(
+            f"| {label} | {result[key]:.2f}{unit} | {verdict(key, result[key])} |"
+            for label, key, unit in (
+                ("1 worker / bare", "one_worker_vs_bare", "x"),
+                ("2 workers / 1 worker", "two_workers_vs_one", "x"),
+                ("Ray start-up + teardown per run", "overhead_s", " s"),
+            )
+        ),
         "",
     ]
     return "\n".join(lines)

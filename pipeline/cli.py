@@ -133,6 +133,62 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="One or more run 
     print_report(run_dirs)
 
 
+@app.command("tune")
+def tune(
+    experiment: Annotated[
+        str | None, typer.Argument(help="Experiment name (see `experiments`) or a config YAML file.")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Trials to draw (grid search: passes over the grid; default 8 / 1).")
+    ] = None,
+    workers_per_trial: Annotated[
+        int, typer.Option("--workers-per-trial", help="1: train in the trial's process; >1: a TorchTrainer each.")
+    ] = 1,
+    scheduler: Annotated[str, typer.Option("--scheduler", help="asha (stops poor trials early) | fifo.")] = "asha",
+    search: Annotated[str, typer.Option("--search", help="random | grid | optuna.")] = "random",
+    space: Annotated[
+        Path | None, typer.Option("--space", help="Search space YAML (default: conf/search/<family>.yaml).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="An existing Ray cluster (host:port); default: local.")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", help="Trials at once (default: cores // workers-per-trial).")
+    ] = None,
+    grace_period: Annotated[int, typer.Option("--grace-period", help="Epochs before ASHA may stop a trial.")] = 1,
+    sweep_dir: Annotated[
+        Path | None, typer.Option("--sweep-dir", help="Where results land (default: sweeps/<experiment>-<time>).")
+    ] = None,
+    overrides: SetOption = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs of every trial.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the interrupted sweep in this (your own) directory.")
+    ] = None,
+) -> None:
+    """Search hyperparameters of one experiment with Ray Tune; results and best.yaml land in a sweep directory."""
+    from pipeline.tune import SweepOptions, resume_sweep, start_sweep
+
+    if resume is not None:
+        if experiment is not None or overrides or space is not None or epochs is not None:
+            raise UserError("--resume continues a sweep as it was started", "pass only --resume SWEEP_DIR [--address]")
+        result = resume_sweep(resume, address)
+    elif experiment is None:
+        raise UserError("no experiment given", "name one (see `aae-pipeline experiments`) or pass --resume SWEEP_DIR")
+    else:
+        options = SweepOptions(
+            samples=samples,
+            workers_per_trial=workers_per_trial,
+            scheduler=scheduler,
+            search=search,
+            max_concurrent=max_concurrent,
+            grace_period=grace_period,
+            address=address,
+        )
+        result = start_sweep(experiment, options, overrides or [], space, epochs, sweep_dir)
+    if result.status != "done":  # interrupted: the resume command is printed; failed: every trial errored
+        raise typer.Exit(130 if result.status == "interrupted" else 1)
+
+
 def main() -> None:
     """Console-script entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
     try:

@@ -20,7 +20,12 @@ def format_epoch(row: dict[str, Any], total_epochs: int) -> str:
         for key, value in row.items()
         if key.startswith("train/")
     )
-    val = f"val error {row['val/error']:.2f}%" if "val/error" in row else f"val bce {row.get('val/recon_bce', 0):.2f}"
+    if "val/error" in row:
+        val = f"val error {row['val/error']:.2f}%"
+    elif "val/cluster_error" in row:
+        val = f"val cluster error {row['val/cluster_error']:.2f}%"
+    else:
+        val = f"val bce {row.get('val/recon_bce', 0):.2f}"
     return (
         f"epoch {int(row['epoch']):>3}/{total_epochs}  {losses}  [bold]{val}[/bold]  "
         f"{row.get('time/epoch_s', 0):.1f}s  {row.get('time/examples_per_s', 0):.0f} ex/s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from aae.batch import Batch
+from aae.metrics import classification_error, cluster_error_majority, reconstruction_errors
 from aae.optim import OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
@@ -189,6 +191,7 @@ def _labelled_stream(data: TrainingData, config: Config, epoch: int) -> torch.Te
 
 def _make_batch(model: AAEModel, data: TrainingData, idx: torch.Tensor, lab: torch.Tensor) -> Batch:
     """The batch a variant asks for: no labels, the labelled subset's labels (-1 elsewhere), or all labels."""
+    idx, lab = idx.to(data.x.device), lab.to(data.x.device)  # the data may live on the GPU (run.data_on_device)
     x = data.x[idx]
     if model.label_needs == "none":
         return Batch(x=x)
@@ -225,24 +228,32 @@ def _average_across_workers(metrics: dict[str, float], ctx: WorkerContext) -> di
 
 @torch.no_grad()
 def validate(model: AAEModel, data: TrainingData, ctx: WorkerContext) -> dict[str, float]:
-    """Validation metrics: classification error (%) where the model has a y head, else reconstruction loss."""
+    """Validation metrics: the error of the y head (class error, or cluster error by majority vote on the
+    validation set itself) where the model has one, and the reconstruction loss for every model."""
     model.eval()
-    x = data.x_val.to(ctx.device)
+    x, y = data.x_val.to(ctx.device), data.y_val.to(ctx.device)
     out: dict[str, float] = {}
-    if hasattr(model, "classify"):
-        probs = torch.cat([model.classify(chunk) for chunk in x.split(1000)])
-        out["val/error"] = float((probs.argmax(1).cpu() != data.y_val).float().mean() * 100)
-    recon = torch.cat([model.decode(model.encode(chunk)) for chunk in x.split(1000)]).clamp(1e-7, 1 - 1e-7)
-    bce = -(x * recon.log() + (1 - x) * (1 - recon).log()).sum(1).mean()
-    out["val/recon_bce"] = float(bce)
+    if model.y_head is not None:
+        probs = torch.cat([model.classify(chunk) for chunk in x.split(1000)]).cpu()
+        if model.y_head == "classes":
+            out["val/error"] = classification_error(probs, data.y_val)
+        else:
+            out["val/cluster_error"] = cluster_error_majority(probs, data.y_val, probs, data.y_val)
+    recon = torch.cat([model.reconstruction(xs, ys) for xs, ys in zip(x.split(1000), y.split(1000), strict=True)])
+    out["val/recon_bce"] = reconstruction_errors(x, recon)["recon_bce"]
     model.train()
     return out
 
 
+# Lower is better for each; the first one a run reports ranks its checkpoints (and is Tune's default metric).
+VALIDATION_METRICS = ("val/error", "val/cluster_error", "val/recon_bce")
+
+
 def validation_metric(metrics: dict[str, float]) -> tuple[str, float]:
-    """The number that ranks checkpoints (lower is better)."""
-    key = "val/error" if "val/error" in metrics else "val/recon_bce"
-    return key, metrics[key]
+    """The number that ranks checkpoints (lower is better); NaN ranks last."""
+    key = next(name for name in VALIDATION_METRICS if name in metrics)
+    value = metrics[key]
+    return key, value if math.isfinite(value) else float("inf")
 
 
 def save_checkpoint(model: AAEModel, run: RunDir, epoch: int, metrics: dict[str, float], best: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
-    artifacts: list[dict[str, Any]] = field(default_factory=list)  # logged (and used-by-logging) artifacts
+    # ArtifactRecords: outputs, and inputs logged with use_after_commit (how an offline run declares a use)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
     used_artifacts: list[dict[str, Any]] = field(default_factory=list)  # UseArtifactRecords, if any
     files: list[str] = field(default_factory=list)  # paths the run asked to save (e.g. media/images/...)
 
@@ -70,12 +72,20 @@ def read_records(path: Path) -> list[pb.Record]:
     return records
 
 
-def read_offline_run(run_dir: Path) -> OfflineRun:
-    """Decode an `offline-run-*` directory: run info, config, history rows, summary, artifacts and files."""
+def read_offline_run(run_dir: Path, timeout_s: float = 20.0) -> OfflineRun:
+    """Decode an `offline-run-*` directory: run info, config, history rows, summary, artifacts and files.
+
+    wandb's service may still be flushing the file just after `finish()` returns, so this waits (up to
+    timeout_s) for the closing exit record; a run that was killed never writes one and is read as it is."""
     run_dir = Path(run_dir)
     (log,) = run_dir.glob("run-*.wandb")
     out = OfflineRun(path=log)
-    for record in read_records(log):
+    deadline = time.monotonic() + timeout_s
+    records = _complete_records(log)
+    while (not records or records[-1].WhichOneof("record_type") != "exit") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = _complete_records(log)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out.run = _run_info(record.run)
@@ -93,6 +103,13 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
         elif kind == "files":
             out.files.extend(item.path for item in record.files.files)
     return out
+
+
+def _complete_records(log: Path) -> list[pb.Record]:
+    try:
+        return read_records(log)
+    except (ValueError, struct.error):  # a chunk still being written
+        return []
 
 
 def find_offline_runs(wandb_dir: Path) -> dict[str, OfflineRun]:
@@ -130,6 +147,7 @@ def _artifact(artifact: pb.ArtifactRecord) -> dict[str, Any]:
         "aliases": list(artifact.aliases),
         "metadata": json.loads(artifact.metadata) if artifact.metadata else {},
         "files": sorted(entry.path for entry in artifact.manifest.contents),
+        "staged": sorted(entry.local_path for entry in artifact.manifest.contents),  # copies awaiting `wandb sync`
         "user_created": artifact.user_created,
         "use_after_commit": artifact.use_after_commit,
         "digest": artifact.digest,

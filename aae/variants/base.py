@@ -112,6 +112,15 @@ class AAEModel(nn.Module):
         """Class probabilities q(y|x); only variants with a categorical head have one."""
         raise NotImplementedError(f"{type(self).__name__} has no categorical head")
 
+    @property
+    def y_head(self) -> str | None:
+        """What classify() predicts: "classes" (trained on labels), "clusters" (unsupervised), or None."""
+        return None
+
+    def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Pixel probabilities of x passed through the autoencoder (labels only for label-fed decoders)."""
+        return self.decode(self.encode(x))
+
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self, config: OptimConfig | None = None) -> None:
         """Build one optimiser and one step-decay schedule per phase."""

@@ -89,6 +89,11 @@ class CategoricalAAE(AAEModel):
         logits = self.encoder(x, self.generator).logits
         return {"supervised_loss": supervised_phase(logits, y, self.optimizer("supervised"), self.grad_sync)}
 
+    @property
+    def y_head(self) -> str | None:
+        """Classes when the supervised phase fits y to labels, clusters otherwise."""
+        return "classes" if self.uses_labels else "clusters"
+
     def classify(self, x: Tensor) -> Tensor:
         """q(y|x): class (or cluster) probabilities."""
         return self.infer(x).logits.softmax(1)

@@ -77,6 +77,12 @@ class SupervisedAAE(AAEModel):
         """Images for style codes z rendered as classes y."""
         return self.decode(self.decoder_input(z.to(self.device), y.to(self.device)))
 
+    def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """x through the encoder and back, rendered with its true labels y (required: the decoder reads them)."""
+        if y is None:
+            raise ValueError("the supervised AAE reconstructs with the true labels: pass y")
+        return self.decode_with_labels(self.encode(x), y)
+
     def sample(self, n: int) -> Tensor:
         """Decode n style draws with uniformly drawn labels."""
         y = torch.randint(self.config.n_classes, (n,))

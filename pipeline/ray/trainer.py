@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.ray.cluster import WorkerResources
 from pipeline.rundir import RunDir
+from pipeline.tracking import NullTracker, Tracker, dataset_artifact, make_tracker
 
 # Tests set this to "epoch:step:rank" to SIGKILL one worker once and watch the run recover.
 FAULT_ENV = "AAE_INJECT_FAULT"
@@ -35,11 +36,36 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         fault=loop_config.get("fault"),
     )
     config = Config.model_validate(loop_config["config"])
-    train(config, RunDir(Path(loop_config["run_dir"])), worker, report=lambda metrics: ray.train.report(metrics))
+    run = RunDir(Path(loop_config["run_dir"]))
+    # Only rank 0 tracks (Ray's setup_wandb(rank_zero_only=True) misbehaves under Train V2); others get a no-op.
+    tracker = start_train_tracking(config, run) if worker.rank == 0 else NullTracker()
+
+    def report(metrics: dict[str, float]) -> None:
+        tracker.log_metrics(metrics, step=int(metrics["epoch"]))  # numbers only: images never go through Ray
+        ray.train.report(metrics)
+
+    try:
+        train(config, run, worker, report=report)
+        best = run.checkpoint_dir / "best.pt"
+        if best.exists():
+            tracker.log_artifact("model", "model", [best], uses=[dataset_artifact(config)[0]])
+    finally:
+        tracker.finish()
 
 
-def fit(config: Config, run: RunDir, plan: WorkerResources) -> None:
-    """Run the TorchTrainer to completion; Ray restarts the worker group from the last checkpoint on failure."""
+def start_train_tracking(config: Config, run: RunDir) -> Tracker:
+    """The `train` W&B run of this pipeline run, with the prepared dataset declared as its input."""
+    tracker = make_tracker(config, run, "train")
+    name, manifest = dataset_artifact(config)
+    if manifest.exists():
+        tracker.use_artifact(name, "dataset", [manifest], metadata={"source": config.data.dataset})
+    return tracker
+
+
+def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train", callbacks: list | None = None) -> None:
+    """Run the TorchTrainer to completion; Ray restarts the worker group from the last checkpoint on failure.
+
+    A Tune trial passes its own name and a TuneReportCallback, so each epoch's metrics reach the scheduler."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -56,8 +82,9 @@ def fit(config: Config, run: RunDir, plan: WorkerResources) -> None:
         },
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name="train",
+            name=name,
             storage_path=str(run.path / "ray"),
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=config.run.max_failures),
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

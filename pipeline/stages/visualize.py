@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
 
 from aae.priors import GaussianPrior
 from aae.variants.base import AAEModel
 from pipeline.config import Config
 from pipeline.rundir import RunDir, atomic_write_bytes
-from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
+from pipeline.stages.checkpoint import Split, batched, load_eval_split, load_trained_model
 
 FIGURE_DIR = "figures"
 SCATTER_POINTS = 5000  # hold-out codes drawn in the scatter plots
@@ -47,6 +48,10 @@ def codes(c: Canvas) -> Figure:
     x, y = c.test.x[:SCATTER_POINTS], c.test.y[:SCATTER_POINTS]
     points, how = _to_2d(batched(c.model.encode, x).numpy())
     fig, ax = _figure(6.5, 6)
+    prior = getattr(c.model, "prior", None)
+    if prior is not None and prior.dim == 2:  # the shape the adversary pulls the codes towards, for comparison
+        target = prior.sample(2000, generator=torch.Generator().manual_seed(0)).numpy()
+        ax.scatter(target[:, 0], target[:, 1], s=2, color="0.8", label="prior sample")
     _scatter_by_label(ax, points, y)
     ax.set_title(f"Test-set codes {how}, coloured by label")
     return fig
@@ -67,7 +72,7 @@ def prior_grid(c: Canvas) -> Figure | None:
         how = "the prior's 1%-99% range"
     grid = torch.stack(torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy"), -1).reshape(-1, 2)
     images = c.model.decode(grid.to(c.model.device)).cpu()
-    fig, ax = _figure(7, 7.3)
+    fig, ax = _figure(8, 8.3)
     _show_mosaic(ax, images, GRID, GRID)
     ax.set_title(f"Decoded from a {GRID}x{GRID} grid over z ({how});\nz1 left→right, z2 bottom→top")
     return fig
@@ -125,10 +130,11 @@ def dimred_map(c: Canvas) -> Figure:
         points, heads = projection.transform(points), projection.transform(heads)
     fig, ax = _figure(6.5, 6)
     _scatter_by_label(ax, points, y)
-    ax.scatter(heads[:, 0], heads[:, 1], marker="X", s=120, c="black", edgecolors="white", label="cluster head")
-    ax.legend(loc="best", fontsize=8, markerscale=1.2, ncols=2)
+    ax.scatter(heads[:, 0], heads[:, 1], marker="X", s=120, c="black", edgecolors="white")
+    for i, (hx, hy) in enumerate(heads):  # with labels, head i is class i's
+        ax.annotate(str(i), (hx, hy), xytext=(5, 5), textcoords="offset points", fontsize=9, weight="bold")
     how = f"{c.model.config.z_dim}-D map, principal axes" if projection is not None else "2-D map"
-    ax.set_title(f"Dimensionality reduction ({how}): test digits by label, cluster heads ✕")
+    ax.set_title(f"Dimensionality reduction ({how}):\ntest digits coloured by label, cluster heads ✕ numbered")
     return fig
 
 
@@ -149,19 +155,25 @@ def curves(c: Canvas) -> Figure | None:
     if not rows:
         return None
     epochs = [row["epoch"] for row in rows]
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    losses, val = fig.subplots(1, 2)
-    for key in sorted({k for row in rows for k in row if k.startswith("train/")}):
-        losses.plot(epochs, [row.get(key, math.nan) for row in rows], marker=".", label=key.removeprefix("train/"))
-    losses.set_yscale("symlog", linthresh=1.0)
-    losses.set(title="Training losses (mean per epoch)", xlabel="epoch", ylabel="loss (symlog scale)")
-    losses.legend(fontsize=8)
+    keys = sorted({k for row in rows for k in row if k.startswith("train/")})
+    # Reconstruction losses are summed over pixels (~100s of nats); the others are ~1: separate panels.
+    panels = {"Reconstruction loss": [k for k in keys if "recon" in k],
+              "Adversarial and other losses": [k for k in keys if "recon" not in k]}
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, (title, names) in zip(axes, panels.items(), strict=False):
+        for key in names:
+            ax.plot(epochs, [row.get(key, math.nan) for row in rows], marker=".", label=key.removeprefix("train/"))
+        ax.set(title=f"{title} (train, mean per epoch)", xlabel="epoch", ylabel="loss")
+        if names:
+            ax.legend(fontsize=8)
     key = "val/error" if "val/error" in rows[0] else "val/recon_bce"
-    val.plot(epochs, [row.get(key, math.nan) for row in rows], marker="o", color="tab:red")
-    val.set(title=f"Validation: {key}", xlabel="epoch",
-            ylabel="error %" if key == "val/error" else "BCE (nats per image)")
-    for ax in (losses, val):
+    axes[2].plot(epochs, [row.get(key, math.nan) for row in rows], marker="o", color="tab:red")
+    axes[2].set(title=f"Validation: {key}", xlabel="epoch",
+                ylabel="error %" if key == "val/error" else "BCE (nats per image)")
+    for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
@@ -218,7 +230,7 @@ def _scatter_by_label(ax: Axes, points: np.ndarray, labels: np.ndarray) -> None:
     for label in np.unique(labels):
         at = labels == label
         ax.scatter(points[at, 0], points[at, 1], s=3, alpha=0.6, color=palette(int(label) % 10), label=str(label))
-    ax.legend(title="label", markerscale=4, fontsize=8, loc="upper right")
+    ax.legend(title="label", markerscale=4, fontsize=8, loc="best")
     ax.set(xlabel="code axis 1", ylabel="code axis 2")
 
 

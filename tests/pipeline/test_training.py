@@ -53,3 +53,12 @@ def test_quick_semisup_run_learns_far_below_chance(synthetic_dataset, tmp_path) 
     rows = _train(synthetic_dataset, tmp_path / "run", "train.epochs=15")
     assert rows[0]["val/error"] > rows[-1]["val/error"]
     assert min(row["val/error"] for row in rows) < 30.0  # chance is 90%
+
+
+def test_gpu_options_amp_and_data_on_device_run_their_device_independent_path(synthetic_dataset, tmp_path) -> None:
+    # On a CPU machine these take the same code path a GPU run takes (bf16 autocast, data kept on the
+    # training device); CUDA itself is exercised only where a GPU is lent.
+    rows = _train(synthetic_dataset, tmp_path / "run", "train.epochs=2", "run.amp=true", "run.data_on_device=true")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(row["train/recon_loss"] == row["train/recon_loss"] for row in rows)  # not NaN
+    assert rows[-1]["val/error"] < 90.0

@@ -1,0 +1,204 @@
+"""The Ray Tune runner of `aae-pipeline tune`: Tune samples, schedules and records; each trial runs the same
+pipeline.training.train as `aae-pipeline run`, in the trial's own process (one worker) or through a TorchTrainer
+named after the trial (several workers). The sweep's logic (spaces, metric, results) lives in pipeline/tune.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from pipeline.progress import console
+from pipeline.ray import trainer
+from pipeline.ray.cluster import WorkerResources
+from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text
+from pipeline.search_space import SearchSpace, decode_params, encoded_values
+
+# A trial that only drives a TorchTrainer needs almost no CPU itself; asking for a whole one is what
+# deadlocks a 2-core machine (the trial holds the CPU its own workers wait for).
+TRIAL_CPU_WITH_TRAINER = 0.01
+TUNE_NAME = "tune"  # Tune's experiment folder inside <sweep>/ray/
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial needs besides its sampled parameters (pickled into each trial process)."""
+
+    sweep_dir: str
+    base_config: str  # the sweep's base.yaml: experiment + --set + flags, resolved once
+    sweep_name: str
+    space: SearchSpace
+    plan: WorkerResources  # the workers of one trial
+    threads: int  # torch threads of an in-process trial
+
+
+def trial_run_dir(sweep_dir: Path, trial_id: str) -> RunDir:
+    """The trial's own run directory; stable per trial, so a restored trial resumes from its checkpoints."""
+    return RunDir(Path(sweep_dir) / "trials" / trial_id)
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
+    """One trial: resolve its config, then train in this process or on a TorchTrainer, reporting every epoch."""
+    from ray import tune
+
+    from pipeline.config import config_to_yaml, load_config
+
+    trial_id = tune.get_context().get_trial_id()
+    config = load_config(setup.base_config, [], decode_params(setup.space, params))
+    run = trial_run_dir(Path(setup.sweep_dir), trial_id)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(config))
+    if setup.plan.workers > 1:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        # The trainer's rank 0 tracks this trial itself (W&B job type "train", grouped by the trial's run dir).
+        trainer.fit(config, run, setup.plan, name=trial_id, callbacks=[TuneReportCallback()])
+        return
+    _train_in_process(config, run, setup, trial_id)
+
+
+def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str) -> None:
+    """One worker: the plain training loop right here, sparing the TorchTrainer's start-up."""
+    import torch
+    from ray import tune
+
+    from pipeline.tracking import make_tracker
+    from pipeline.training import WorkerContext, train
+
+    torch.set_num_threads(setup.threads)
+    device = torch.device("cuda" if setup.plan.gpus > 0 else "cpu")
+    tracker = make_tracker(config, run, "tune-trial", name=f"{setup.sweep_name}-{trial_id}", group=setup.sweep_name)
+
+    def report(metrics: dict[str, float]) -> None:
+        tracker.log_metrics(metrics, step=int(metrics["epoch"]))
+        tune.report(metrics)
+
+    try:
+        train(config, run, WorkerContext(device=device), report=report)
+    finally:
+        tracker.finish()
+
+
+def trainable(setup: TrialSetup) -> Any:
+    """The trial function with its resource request: a whole worker in-process, a sliver when a trainer runs."""
+    from ray import tune
+
+    def aae_trial(params: dict[str, Any]) -> None:
+        run_trial(params, setup)
+
+    if setup.plan.workers > 1:
+        resources = {"CPU": TRIAL_CPU_WITH_TRAINER}
+    else:
+        resources = {"CPU": setup.plan.cpus, **({"GPU": setup.plan.gpus} if setup.plan.gpus else {})}
+    return tune.with_resources(aae_trial, resources)
+
+
+def param_space(space: SearchSpace, search: str) -> dict[str, Any]:
+    """The space as Tune domains; under --search grid the choices are enumerated like grids."""
+    from ray import tune
+
+    domains: dict[str, Any] = {}
+    for item in space.ranges:
+        if item.kind == "grid" or (item.kind == "choice" and search == "grid"):
+            domains[item.key] = tune.grid_search(encoded_values(item))
+        elif item.kind == "choice":
+            domains[item.key] = tune.choice(encoded_values(item))
+        else:
+            domains[item.key] = getattr(tune, item.kind)(*item.values)
+    return domains
+
+
+def make_scheduler(kind: str, epochs: int, grace_period: int) -> Any:
+    """ASHA on the epoch count (so a restored trial keeps its place), or plain FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if kind == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(grace_period, epochs), reduction_factor=2)
+
+
+def make_searcher(kind: str, seed: int, max_concurrent: int) -> Any:
+    """Optuna's TPE, or Tune's basic generator (grids crossed, other ranges drawn at random), seeded."""
+    if kind == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: it takes its own limit.
+    return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
+
+
+def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: int) -> Any:
+    """A Tuner over the trial function; Tune's own state lands in <sweep>/ray/tune."""
+    from ray import tune
+
+    printer = TrialPrinter(metric, epochs, setup.space)
+    return tune.Tuner(
+        trainable(setup),
+        param_space=param_space(setup.space, options.search),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="min",
+            scheduler=make_scheduler(options.scheduler, epochs, options.grace_period),
+            search_alg=make_searcher(options.search, seed, options.max_concurrent),
+            num_samples=options.samples,
+            # In-process trials share a process, importing torch and the pipeline once rather than per trial;
+            # a trial that drove a TorchTrainer cannot be reset in time, so those get a fresh process each.
+            reuse_actors=setup.plan.workers == 1,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_NAME, storage_path=str(Path(setup.sweep_dir) / "ray"), verbose=0, callbacks=[printer]
+        ),
+    )
+
+
+def restore_tuner(setup: TrialSetup) -> Any:
+    """Tune's restore of an interrupted sweep: finished trials stay, unfinished and errored ones continue.
+
+    Tune's state is pickled, so only sweep directories the user made themselves should be resumed."""
+    from ray import tune
+
+    return tune.Tuner.restore(
+        str(Path(setup.sweep_dir) / "ray" / TUNE_NAME),
+        trainable=trainable(setup),
+        resume_unfinished=True,
+        resume_errored=True,  # their run directories hold checkpoints, so they continue rather than restart
+    )
+
+
+def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Each trial Tune knows of: id, Tune status, sampled parameters (encoded) and error, in creation order."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(Path(sweep_dir) / "ray" / TUNE_NAME))
+    return [
+        {"trial_id": t.trial_id, "status": t.status, "params": dict(t.config), "error": t.error_file}
+        for t in analysis.trials
+    ]
+
+
+class TrialPrinter(Callback):
+    """One line per finished, stopped or failed trial, instead of Tune's progress tables."""
+
+    def __init__(self, metric: str, epochs: int, space: SearchSpace) -> None:
+        self.metric, self.epochs, self.space = metric, epochs, space
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        done = int(result.get("epoch", 0))
+        how = "finished" if done >= self.epochs else f"stopped early after epoch {done}"
+        value = result.get(self.metric)
+        shown = f"{value:.5g}" if isinstance(value, float) else "-"
+        console.print(f"trial {trial.trial_id} {how}: {self.metric} {shown}  ({self._params(trial)})")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        console.print(f"trial {trial.trial_id} [red]failed[/red] ({self._params(trial)}); see {trial.error_file}")
+
+    def _params(self, trial: Any) -> str:
+        params = decode_params(self.space, dict(trial.config))
+        return ", ".join(f"{key}={value}" for key, value in params.items())

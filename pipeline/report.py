@@ -1,0 +1,144 @@
+"""`aae-pipeline report`: the paper's tables, with the paper's numbers beside the numbers of these runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pipeline.config import Config, load_config
+from pipeline.errors import UserError
+from pipeline.progress import console
+from pipeline.rundir import CONFIG_FILE, RunDir
+from pipeline.stages.evaluate import EVALUATION_FILE, read_evaluation
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One table of the paper: its reference numbers per setting, and where a run of ours belongs in it."""
+
+    title: str
+    metric: str  # the evaluation.json metric compared with the paper's column
+    methods: tuple[str, ...]  # reference columns, in the paper's order
+    paper: dict[str, tuple[str, ...]]  # setting (row) -> one number per method ("—": not reported)
+    setting: Callable[[Config], str | None]  # the row a run belongs in; None: not this table
+    extra: tuple[str, ...] = ()  # further metrics of ours shown beside the main one
+
+
+def _semisup_setting(config: Config) -> str | None:
+    return f"{config.data.labels} labels" if config.model.variant == "semi_supervised" else None
+
+
+def _cluster_setting(config: Config) -> str | None:
+    return f"{config.model.params.get('n_clusters', 16)} clusters" if config.model.variant == "clustering" else None
+
+
+def _dimred_setting(config: Config) -> str | None:
+    if config.model.variant != "dim_reduction":
+        return None
+    params = config.model.params
+    z_dim = params.get("z_dim", 2)
+    if params.get("use_labels", True):
+        return f"{z_dim}-D, {config.data.labels} labels"
+    return f"{z_dim}-D, {params.get('n_clusters', 10)} clusters, no labels"
+
+
+def _parzen_setting(config: Config) -> str:
+    dataset = "MNIST" if config.data.dataset == "mnist" else config.data.dataset
+    return f"{dataset}, {config.model.variant}"
+
+
+# The paper's numbers (arXiv:1511.05644, Tables 1-3 and §7), in one place.
+PAPER_TABLES: tuple[PaperTable, ...] = (
+    PaperTable(
+        "Semi-supervised MNIST classification (test error %)", "test/error",
+        ("NN baseline", "VAE M1+M2", "AAE (paper)"),
+        {"100 labels": ("25.80", "3.33 ± 0.14", "1.90 ± 0.10"),
+         "1000 labels": ("8.73", "2.40 ± 0.02", "1.60 ± 0.08"),
+         "all labels": ("1.25", "0.96", "0.85 ± 0.02")},
+        _semisup_setting),
+    PaperTable(
+        "Unsupervised clustering, MNIST (test error %, each cluster labelled by its most confident training digit)",
+        "test/cluster_error", ("CatGAN", "AAE (paper)"),
+        {"16 clusters": ("—", "9.55"), "20 clusters": ("4.27", "—"), "30 clusters": ("—", "4.10")},
+        _cluster_setting, extra=("test/cluster_error_majority", "test/nmi", "test/ari")),
+    PaperTable(
+        "Dimensionality reduction, MNIST (test error %)", "test/dimred_error", ("AAE (paper)",),
+        {"2-D, 1000 labels": ("4.20",), "2-D, 100 labels": ("6.08",),
+         "2-D, 20 clusters, no labels": ("13.95",), "10-D, 100 labels": ("3.90",)},
+        _dimred_setting),
+    PaperTable(
+        "Parzen-window log-likelihood of the test set (nats, higher is better; the paper's AAE: 8-D Gaussian z)",
+        "test/parzen_ll", ("GAN", "GMMN+AE", "AAE (paper)"),
+        {"MNIST, unsupervised": ("225 ± 2", "282 ± 2", "340 ± 2")},
+        _parzen_setting, extra=("test/parzen_sigma",)),
+)
+
+
+@dataclass
+class RunResult:
+    """What the report shows of one run."""
+
+    name: str
+    config: Config
+    metrics: dict[str, Any]
+    epochs: str  # epochs trained, and the epoch of the evaluated (best) checkpoint
+
+
+def load_run(path: Path) -> RunResult:
+    """A run directory's config and evaluation; a path that is neither is a UserError that says what to do."""
+    if not (path / CONFIG_FILE).is_file():
+        raise UserError(f"{path} is not a run directory (no {CONFIG_FILE})",
+                        "pass a directory made by `aae-pipeline run`")
+    run = RunDir(path)
+    evaluation = read_evaluation(run)
+    if evaluation is None:
+        raise UserError(f"{path} has not been evaluated (no {EVALUATION_FILE})", f"run `aae-pipeline eval {path}`")
+    trained = len(run.read_metrics())
+    best = evaluation.get("checkpoint", {}).get("epoch")
+    epochs = f"{trained} (best {best})" if best is not None else str(trained)
+    return RunResult(run.path.name, load_config(str(path / CONFIG_FILE)), evaluation["metrics"], epochs)
+
+
+def paper_table(table: PaperTable, runs: list[RunResult]) -> Table:
+    """One paper table: a row per setting with the paper's numbers, our runs in the rows of their settings."""
+    out = Table(title=table.title, title_justify="left", header_style="bold", show_lines=False)
+    out.add_column("setting", overflow="fold")
+    for method in table.methods:
+        out.add_column(method, justify="right")
+    out.add_column("run", overflow="fold")
+    out.add_column("epochs", justify="right")
+    for metric in (table.metric, *table.extra):  # headers without the "test/" every metric here carries
+        out.add_column(metric.removeprefix("test/"), justify="right", style="bold" if metric == table.metric else "")
+    placed = [(table.setting(run.config), run) for run in runs if table.metric in run.metrics]
+    placed = [(setting, run) for setting, run in placed if setting is not None]
+    settings = list(table.paper) + sorted({s for s, _ in placed} - set(table.paper))
+    no_run = ("—", "", "—", *("",) * len(table.extra))
+    for setting in settings:
+        reference = table.paper.get(setting, ("—",) * len(table.methods))
+        ours = [_run_cells(table, run) for s, run in placed if s == setting] or [no_run]
+        out.add_row(setting, *reference, *ours[0])
+        for cells in ours[1:]:  # further runs of the same setting: one row each, under the first
+            out.add_row("", *("",) * len(table.methods), *cells)
+    return out
+
+
+def _run_cells(table: PaperTable, run: RunResult) -> tuple[str, ...]:
+    return (run.name, run.epochs, *(_number(run.metrics.get(key)) for key in (table.metric, *table.extra)))
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def print_report(run_dirs: list[Path]) -> None:
+    """Print each of the paper's tables with these runs' numbers placed in the rows their configs belong to."""
+    runs = [load_run(Path(path)) for path in run_dirs]
+    for table in PAPER_TABLES:
+        console.print(paper_table(table, runs))
+        console.print()

@@ -1,0 +1,293 @@
+"""`aae-pipeline tune`: a search space over one experiment, run as Ray Tune trials, summarised in a sweep directory.
+
+<sweep>/sweep.json      experiment, space, options, metric, mode, status, best trial
+<sweep>/base.yaml       the experiment + --set + flags, resolved once; every trial's config is this plus its sample
+<sweep>/trials/<id>/    each trial's run directory (config.yaml, metrics.jsonl, checkpoints/)
+<sweep>/trials.parquet  one row per trial: id, status, epochs, final and best metric, each searched key
+<sweep>/best.yaml       the best trial's resolved config: `aae-pipeline run <sweep>/best.yaml` trains it again
+<sweep>/ray/tune/       Ray Tune's own state (what --resume restores)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, config_to_yaml, load_config
+from pipeline.errors import UserError
+from pipeline.progress import console
+from pipeline.rundir import CONFIG_FILE, atomic_write_bytes, atomic_write_text, new_run_dir
+from pipeline.search_space import (
+    SearchSpace,
+    check_search_fits,
+    check_trial_configs,
+    decode_params,
+    default_space_path,
+    grid_size,
+    load_search_space,
+    parse_search_space,
+)
+
+SWEEP_FILE, BASE_FILE, TRIALS_FILE, BEST_FILE = "sweep.json", "base.yaml", "trials.parquet", "best.yaml"
+SCHEDULERS = ("asha", "fifo")
+DEFAULT_SAMPLES = 8  # draws for random / Optuna search; a grid is walked once
+
+
+@dataclass
+class SweepOptions:
+    """How the sweep runs (the tune command's flags)."""
+
+    samples: int | None = None  # None: one pass over a grid, DEFAULT_SAMPLES draws otherwise
+    workers_per_trial: int = 1
+    scheduler: str = "asha"
+    search: str = "random"
+    max_concurrent: int | None = None  # None: as many trials as the cores (or the cluster's CPUs) hold
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    address: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What a finished (or interrupted) sweep left: its directory, status, table rows and the best row."""
+
+    path: Path
+    status: str  # done | interrupted | failed
+    metric: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+
+
+def sweep_metric(config: Config) -> str:
+    """The number trials are ranked by (lower is better): classification error where labels train a head."""
+    from aae.variants import build_model
+    from aae.variants.base import AAEModel
+
+    model = build_model(config.model.variant, config.model.params)
+    has_head = type(model).classify is not AAEModel.classify
+    return "val/error" if has_head and model.label_needs != "none" else "val/recon_bce"
+
+
+def start_sweep(
+    experiment: str,
+    options: SweepOptions,
+    overrides: list[str],
+    space_path: Path | None = None,
+    epochs: int | None = None,
+    sweep_dir: Path | None = None,
+) -> SweepResult:
+    """Check the space and every sampled config, then run the sweep and write its results."""
+    _check_options(options)
+    flags = {"train.epochs": epochs, "run.workers": options.workers_per_trial, "run.address": options.address}
+    space = load_search_space(space_path or default_space_path(load_config(experiment, overrides, flags)))
+    check_search_fits(space, options.search)
+    base = check_trial_configs(space, experiment, overrides, flags)
+    path = sweep_dir.resolve() if sweep_dir is not None else new_run_dir(base.experiment, Path("sweeps"))
+    if (path / SWEEP_FILE).exists():
+        raise UserError(f"{path} already holds a sweep", "pick a new --sweep-dir, or continue it with --resume")
+    if options.samples is None:
+        options = replace(options, samples=1 if options.search == "grid" else DEFAULT_SAMPLES)
+    metric = sweep_metric(base)
+    setup, options = _connect(path, base, space, options)  # an unreachable cluster fails before files are written
+    _open_sweep_dir(path, base, space, options, metric)
+    from pipeline.ray.tune import new_tuner
+
+    new_tuner(setup, options, metric, base.train.epochs, base.train.seed).fit()
+    return finish_sweep(path)
+
+
+def _open_sweep_dir(path: Path, base: Config, space: SearchSpace, options: SweepOptions, metric: str) -> None:
+    """Write base.yaml and sweep.json, and tell the user what is about to run."""
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / BASE_FILE, config_to_yaml(base))
+    trials = options.samples * grid_size(space, options.search)
+    manifest = {
+        "experiment": base.experiment, "space": space.to_dict(), "space_file": space.source,
+        "options": asdict(options), "metric": metric, "mode": "min", "epochs": base.train.epochs,
+        "trials_expected": trials, "status": "running",
+    }
+    _write_manifest(path, manifest)
+    console.print(f"sweep directory: {path}")
+    console.print(
+        f"{trials} trial(s) of {base.experiment}: {options.search} search, {options.scheduler} scheduler, "
+        f"{metric} (lower is better); up to {options.max_concurrent} at once, "
+        f"{options.workers_per_trial} worker(s) each"
+    )
+
+
+def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
+    """Continue an interrupted sweep with Tune's restore: finished trials stay, the others carry on."""
+    path = sweep_dir.resolve()
+    manifest = read_manifest(path)
+    space = parse_search_space(manifest["space"], manifest["space_file"])
+    options = SweepOptions(**{**manifest["options"], "address": address or manifest["options"]["address"]})
+    base = load_config(str(path / BASE_FILE), [], {"run.address": options.address})
+    setup, _ = _connect(path, base, space, options)
+    _write_manifest(path, {**manifest, "status": "running"})
+    console.print(f"resuming sweep {path}")
+    from pipeline.ray.tune import restore_tuner
+
+    restore_tuner(setup).fit()
+    return finish_sweep(path)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A sweep directory's sweep.json; a directory without one is a user-facing error."""
+    try:
+        return json.loads((path / SWEEP_FILE).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is not a sweep directory (no {SWEEP_FILE})", "pass a directory `tune` made") from None
+    except json.JSONDecodeError:
+        raise UserError(f"{path / SWEEP_FILE} is not valid JSON", "start the sweep again in a new directory") from None
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(path / SWEEP_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def _check_options(options: SweepOptions) -> None:
+    if options.scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {options.scheduler!r}", f"choose one of: {', '.join(SCHEDULERS)}")
+    for name in ("samples", "workers_per_trial", "max_concurrent", "grace_period"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})", "pass a positive number")
+
+
+def _connect(path: Path, base: Config, space: SearchSpace, options: SweepOptions) -> tuple[Any, SweepOptions]:
+    """Start or join Ray sized for the concurrent trials; returns the trials' setup and the completed options."""
+    from pipeline.ray import cluster
+    from pipeline.ray.tune import TRIAL_CPU_WITH_TRAINER, TrialSetup
+
+    wpt, local = options.workers_per_trial, not options.address
+    plan = cluster.plan_resources(wpt, base.run.gpus_per_worker, base.run.cpus_per_worker, local=local)
+    cores = os.cpu_count() or 1
+    concurrent = options.max_concurrent or max(1, cores // wpt)
+    trial_cpu = TRIAL_CPU_WITH_TRAINER if wpt > 1 else 0.0  # in-process trials use the worker's CPU themselves
+    # Locally Ray gets enough logical CPUs for every concurrent trial's workers; a cluster must fit one trial.
+    capacity = replace(plan, workers=wpt * concurrent) if local else plan
+    cluster.connect(options.address, capacity, extra_cpus=trial_cpu * (concurrent if local else 1))
+    threads = max(1, cores // (wpt * concurrent)) if local else plan.threads
+    setup = TrialSetup(
+        sweep_dir=str(path), base_config=str(path / BASE_FILE), sweep_name=path.name, space=space,
+        plan=replace(plan, threads=threads), threads=threads,
+    )
+    return setup, replace(options, max_concurrent=concurrent)
+
+
+def finish_sweep(path: Path) -> SweepResult:
+    """Collect every trial into trials.parquet and a printed table, write best.yaml, and close sweep.json."""
+    from pipeline.ray.tune import trial_states
+
+    manifest = read_manifest(path)
+    space = parse_search_space(manifest["space"], manifest["space_file"])
+    metric, epochs = manifest["metric"], manifest["epochs"]
+    states = sorted(trial_states(path), key=lambda state: state["trial_id"])
+    rows = [_trial_row(path, state, space, metric, epochs) for state in states]
+    best = _best_row(rows)
+    if best is not None:
+        trial_config = path / "trials" / best["trial_id"] / CONFIG_FILE
+        atomic_write_text(path / BEST_FILE, config_to_yaml(load_config(str(trial_config))))
+    statuses = {row["status"] for row in rows}
+    # Tune creates trials lazily: an interrupted sweep may not have created all of them yet.
+    unfinished = "unfinished" in statuses or len(rows) < manifest["trials_expected"]
+    status = "interrupted" if unfinished else "failed" if statuses <= {"error"} else "done"
+    best_summary = {key: best[key] for key in ("trial_id", "final", "epochs")} if best else None
+    _write_manifest(path, {**manifest, "status": status, "best": best_summary})
+    _write_parquet(path / TRIALS_FILE, rows)
+    console.print(trials_table(manifest["experiment"], metric, rows, space, best))
+    _track_summary(path, metric, rows, best)
+    if status == "interrupted":
+        console.print(f"sweep interrupted; continue it with: aae-pipeline tune --resume {path}")
+    elif status == "failed":
+        console.print(f"every trial failed; their errors are under {path / 'ray'}")
+    elif best is not None:
+        console.print(f"best: trial {best['trial_id']} {metric} {best['final']:.5g}; config: {path / BEST_FILE}")
+        console.print(f"train it again with: aae-pipeline run {path / BEST_FILE}")
+    return SweepResult(path=path, status=status, metric=metric, rows=rows, best=best)
+
+
+def _trial_row(path: Path, state: dict[str, Any], space: SearchSpace, metric: str, epochs: int) -> dict[str, Any]:
+    """One trial's line, from its own run directory's metrics (what it really trained) and Tune's status."""
+    from pipeline.ray.tune import trial_run_dir
+
+    history = trial_run_dir(path, state["trial_id"]).read_metrics()
+    values = [row[metric] for row in history if metric in row]
+    ran = int(history[-1]["epoch"]) if history else 0
+    if state["status"] == "TERMINATED":
+        status = "completed" if ran >= epochs else "stopped"
+    else:
+        status = "error" if state["status"] == "ERROR" else "unfinished"
+    row = {"trial_id": state["trial_id"], "status": status, "epochs": ran,
+           "final": values[-1] if values else None, "best": min(values) if values else None}
+    return {**row, **decode_params(space, {key: state["params"].get(key) for key in space.keys})}
+
+
+def _best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The lowest final metric among trials that ran every epoch (any trial with a metric if none did)."""
+    scored = [row for row in rows if row["final"] is not None]
+    completed = [row for row in scored if row["status"] == "completed"] or scored
+    return min(completed, key=lambda row: row["final"]) if completed else None
+
+
+def _write_parquet(target: Path, rows: list[dict[str, Any]]) -> None:
+    """trials.parquet; a searched key whose values mix types (or are lists) is stored as JSON text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {}
+    for name in rows[0] if rows else ["trial_id", "status", "epochs", "final", "best"]:
+        values = [row[name] for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([json.dumps(value) for value in values])
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    atomic_write_bytes(target, buffer.getvalue())
+
+
+def trials_table(experiment: str, metric: str, rows: list[dict[str, Any]], space: SearchSpace, best: Any) -> Any:
+    """The sweep's results as a rich table, best trial first marked."""
+    from rich.table import Table
+
+    table = Table(title=f"{experiment} sweep: {metric}, final and best epoch (lower is better)", header_style="bold")
+    for name in ["trial", *(_short(key) for key in space.keys), "epochs", "final", "best", "status"]:
+        table.add_column(name, justify="right" if name != "trial" else "left")
+    for row in rows:
+        number = [f"{row[key]:.5g}" if row[key] is not None else "-" for key in ("final", "best")]
+        marked = row is best
+        table.add_row(
+            ("* " if marked else "") + row["trial_id"], *(str(row[key]) for key in space.keys),
+            str(row["epochs"]), *number, row["status"], style="bold green" if marked else None,
+        )
+    return table
+
+
+def _short(key: str) -> str:
+    """A column title: the key without the prefixes every space shares."""
+    return key.removeprefix("model.params.").removeprefix("train.")
+
+
+def _track_summary(path: Path, metric: str, rows: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    """The sweep's table and best value as one W&B run (job type tune-summary) beside the trials' runs."""
+    from pipeline.rundir import RunDir
+    from pipeline.tracking import make_tracker
+
+    tracker = make_tracker(load_config(str(path / BASE_FILE)), RunDir(path), "tune-summary",
+                           name=f"{path.name}-summary", group=path.name)
+    try:
+        if rows:
+            columns = list(rows[0])
+            tracker.log_table("trials", columns, [[_plain(row[c]) for c in columns] for row in rows])
+        if best is not None:
+            tracker.log_summary({f"best/{metric}": best["final"], "trials": len(rows)})
+    finally:
+        tracker.finish()
+
+
+def _plain(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | dict) else value

@@ -1,0 +1,105 @@
+"""The evaluate stage on tiny models trained in-process (no Ray) on the synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aae.metrics import PARZEN_SIGMAS
+from pipeline.config import Config, config_to_yaml, load_config
+from pipeline.errors import UserError
+from pipeline.rundir import CONFIG_FILE, RunDir
+from pipeline.stages.checkpoint import load_eval_split, load_trained_model
+from pipeline.stages.evaluate import evaluate
+from pipeline.training import WorkerContext, train
+from tests.conftest import tiny_overrides
+
+# Few Parzen samples keep each evaluation to about a second.
+FAST_EVAL = ("evaluate.parzen_samples=400", "evaluate.parzen_validation=100")
+
+
+def trained_run(dataset: dict[str, str], directory: Path, experiment: str, *extra: str) -> tuple[Config, RunDir]:
+    """Train a tiny model of `experiment` in-process; the run directory looks as `aae-pipeline run` leaves it."""
+    config = load_config(experiment, tiny_overrides(dataset, "train.epochs=2", *FAST_EVAL, *extra))
+    directory.mkdir(parents=True)
+    (directory / CONFIG_FILE).write_text(config_to_yaml(config))
+    run = RunDir(directory)
+    train(config, run, WorkerContext())
+    return config, run
+
+
+@pytest.fixture(scope="module")
+def semisup_run(synthetic_dataset, tmp_path_factory) -> tuple[Config, RunDir]:
+    return trained_run(synthetic_dataset, tmp_path_factory.mktemp("eval") / "semisup", "semisup", "data.labels=100")
+
+
+def test_semisup_test_error_is_the_error_of_classify_on_the_test_split(semisup_run) -> None:
+    config, run = semisup_run
+    returned = evaluate(config, run)
+    written = json.loads((run.path / "evaluation.json").read_text())
+    assert written["metrics"] == returned
+    # Recount by hand from the best checkpoint's q(y|x) on every test image.
+    test = load_eval_split(config, "test")
+    model = load_trained_model(config, run, test.x.shape[1]).model
+    wrong = int((model.classify(test.x).argmax(1).numpy() != test.y).sum())
+    assert returned["test/error"] == pytest.approx(100 * wrong / len(test.y))
+    # The per-class table splits the same mistakes: its errors, weighted by class size, add up to test/error.
+    rows = written["tables"]["per_class_error"]["rows"]
+    assert [row[0] for row in rows] == list(range(10))
+    assert sum(row[1] for row in rows) == len(test.y)
+    assert sum(row[1] * row[2] / 100 for row in rows) == pytest.approx(wrong)
+    assert written["checkpoint"]["epoch"] in (1, 2)
+
+
+def test_every_model_gets_reconstruction_and_a_finite_parzen_likelihood(semisup_run) -> None:
+    metrics = evaluate(*semisup_run)
+    assert 0 < metrics["test/recon_mse"] < 1
+    assert metrics["test/recon_bce"] > 0
+    assert math.isfinite(metrics["test/parzen_ll"])
+    assert metrics["test/parzen_sigma"] in PARZEN_SIGMAS
+    assert not {"test/cluster_error", "test/dimred_error"} & set(metrics)  # a classifier, not a clusterer
+
+
+def test_clustering_run_gets_cluster_metrics_in_range(synthetic_dataset, tmp_path) -> None:
+    config, run = trained_run(synthetic_dataset, tmp_path / "cluster", "cluster16")
+    metrics = evaluate(config, run)
+    assert "test/error" not in metrics  # clusters are not classes
+    for key in ("test/cluster_error", "test/cluster_error_majority"):
+        assert 0 <= metrics[key] <= 100
+    assert 0 < metrics["test/nmi"] <= 1  # two epochs already tie the clusters to the classes a little
+    assert -1 <= metrics["test/ari"] <= 1
+    assert math.isfinite(metrics["test/parzen_ll"])
+
+
+@pytest.mark.parametrize(
+    ("experiment", "extra", "same_as"),
+    [("dimred-2d", ("data.labels=100",), "test/error"), ("dimred-2d-unsup", (), "test/cluster_error")],
+)
+def test_dim_reduction_error_is_classification_with_labels_and_cluster_error_without(
+    synthetic_dataset, tmp_path, experiment: str, extra: tuple[str, ...], same_as: str
+) -> None:
+    config, run = trained_run(synthetic_dataset, tmp_path / experiment, experiment, *extra)
+    metrics = evaluate(config, run)
+    assert metrics["test/dimred_error"] == metrics[same_as]
+    assert ("test/nmi" in metrics) == (same_as == "test/cluster_error")
+
+
+def test_a_run_without_checkpoint_is_a_user_error_naming_the_fix(synthetic_dataset, tmp_path) -> None:
+    config = load_config("semisup", tiny_overrides(synthetic_dataset))
+    with pytest.raises(UserError, match="no trained checkpoint") as err:
+        evaluate(config, RunDir(tmp_path))
+    assert "--resume" in err.value.fix
+    assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_eval_split_flattens_uint8_images_to_unit_floats(synthetic_dataset) -> None:
+    config = load_config("unsup-gaussian", tiny_overrides(synthetic_dataset, "data.limit=50"))
+    train_split = load_eval_split(config, "train")
+    assert train_split.x.shape == (50, 784)  # data.limit applies to train, as in training
+    assert float(train_split.x.min()) >= 0 and float(train_split.x.max()) <= 1
+    assert len(load_eval_split(config, "test", limit=7).y) == 7
+    assert np.issubdtype(train_split.y.dtype, np.integer)

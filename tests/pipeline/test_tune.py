@@ -1,0 +1,152 @@
+"""`aae-pipeline tune` end to end through the real CLI: a grid sweep with ASHA, its results, interrupt and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.rundir import RunDir
+from pipeline.training import WorkerContext, train
+from tests.conftest import tiny_overrides
+from tests.pipeline.test_run_cli import run_cli
+
+EPOCHS = 3
+# The first learning rate trains, the second barely moves: ASHA should stop the second's trials after epoch 1.
+GRID = "train.lr.reconstruction: {grid: [0.01, 1.0e-7]}\nmodel.params.z_dim: {grid: [2, 4]}\n"
+
+
+def sets(dataset: dict[str, str], *extra: str) -> list[str]:
+    overrides = tiny_overrides(dataset, "data.limit=600", "tracking.wandb=disabled", *extra)
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def trial_epochs(sweep: Path) -> dict[str, list[int]]:
+    trials = (sweep / "trials").iterdir()
+    return {trial.name: [row["epoch"] for row in RunDir(trial).read_metrics()] for trial in trials}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--search", "optuna"], "write {choice: [...]} instead of {grid: [...]}"),
+        (["--set", "model.params.z_dim=3"], "both searched and --set"),
+        (["--scheduler", "hyperband"], "unknown scheduler"),
+    ],
+)
+def test_tune_mistakes_are_one_line_exit_2_and_leave_nothing(args: list[str], expected: str, tmp_path) -> None:
+    (tmp_path / "grid.yaml").write_text(GRID)
+    result = run_cli("tune", "unsup-gaussian", "--space", "grid.yaml", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_resume_of_a_directory_that_is_no_sweep_is_a_user_error(tmp_path) -> None:
+    result = run_cli("tune", "--resume", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "not a sweep directory" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(synthetic_dataset, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One 2x2 grid sweep with ASHA (grace period 1), one trial at a time, shared by the tests below."""
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "grid.yaml").write_text(GRID)
+    result = run_cli(
+        "tune", "unsup-gaussian", "--space", "grid.yaml", "--search", "grid", "--scheduler", "asha",
+        "--epochs", str(EPOCHS), "--max-concurrent", "1", "--sweep-dir", "sweep", *sets(synthetic_dataset), cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "sweep", result
+
+
+@pytest.mark.slow
+def test_grid_sweep_prints_the_table_and_writes_its_results(grid_sweep) -> None:
+    sweep, result = grid_sweep
+    rows = pq.read_table(sweep / "trials.parquet").to_pylist()
+    assert len(rows) == 4
+    assert {(row["train.lr.reconstruction"], row["model.params.z_dim"]) for row in rows} == {
+        (0.01, 2), (0.01, 4), (1e-7, 2), (1e-7, 4)
+    }
+    manifest = json.loads((sweep / "sweep.json").read_text())
+    assert manifest["status"] == "done" and manifest["metric"] == "val/recon_bce" and manifest["mode"] == "min"
+    best = min((row for row in rows if row["status"] == "completed"), key=lambda row: row["final"])
+    assert manifest["best"]["trial_id"] == best["trial_id"]
+    assert "unsup-gaussian sweep: val/recon_bce" in result.stdout
+    assert f"* {best['trial_id']}" in result.stdout  # the best row is marked in the printed table
+    assert f"aae-pipeline run {sweep / 'best.yaml'}" in result.stdout
+    assert result.stdout.count(" finished: ") + result.stdout.count(" stopped early ") == 4
+    best_config = load_config(str(sweep / "best.yaml"))  # what `aae-pipeline run best.yaml` loads
+    assert best_config.train.lr.reconstruction == best["train.lr.reconstruction"] == 0.01
+    assert best_config.model.params["z_dim"] == best["model.params.z_dim"]
+    assert best_config.data.limit == 600 and best_config.train.epochs == EPOCHS
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_that_do_not_learn_after_the_grace_epoch(grid_sweep) -> None:
+    sweep, _ = grid_sweep
+    rows = {row["trial_id"]: row for row in pq.read_table(sweep / "trials.parquet").to_pylist()}
+    hopeless = [row for row in rows.values() if row["train.lr.reconstruction"] == 1e-7]
+    assert all(row["status"] == "stopped" and row["epochs"] == 1 for row in hopeless), hopeless
+    assert any(row["status"] == "completed" and row["epochs"] == EPOCHS for row in rows.values())
+    assert {trial: epochs[-1] for trial, epochs in trial_epochs(sweep).items()} == {
+        trial: row["epochs"] for trial, row in rows.items()
+    }
+
+
+@pytest.mark.slow
+def test_best_config_trained_again_reproduces_the_best_trial(grid_sweep, tmp_path) -> None:
+    sweep, _ = grid_sweep
+    manifest = json.loads((sweep / "sweep.json").read_text())
+    again = RunDir(tmp_path / "again")
+    again.path.mkdir()
+    final = train(load_config(str(sweep / "best.yaml")), again, WorkerContext())  # `run` with one worker
+    assert final["epoch"] == EPOCHS
+    assert final["val/recon_bce"] == pytest.approx(manifest["best"]["final"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(synthetic_dataset, tmp_path) -> None:
+    (tmp_path / "grid.yaml").write_text("model.params.z_dim: {grid: [2, 3, 4, 5, 6]}\n")
+    command = [
+        sys.executable, "-m", "pipeline.cli", "tune", "unsup-gaussian", "--space", "grid.yaml", "--search", "grid",
+        "--scheduler", "fifo", "--epochs", "2", "--max-concurrent", "1", "--sweep-dir", "sweep",
+        *sets(synthetic_dataset),
+    ]
+    sweep = tmp_path / "sweep"
+    with subprocess.Popen(
+        command, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as process:
+        first = _interrupt_after_first_finished_trial(process)
+        assert process.wait(timeout=300) == 130
+    assert json.loads((sweep / "sweep.json").read_text())["status"] == "interrupted"
+    done_before = (sweep / "trials" / first / "metrics.jsonl").read_text()
+    resumed = run_cli("tune", "--resume", str(sweep), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"trial {first} finished" not in resumed.stdout  # the finished trial was not run again
+    assert (sweep / "trials" / first / "metrics.jsonl").read_text() == done_before
+    rows = pq.read_table(sweep / "trials.parquet").to_pylist()
+    assert [row["status"] for row in rows] == ["completed"] * 5
+    assert all(epochs == [1, 2] for epochs in trial_epochs(sweep).values())  # no epoch trained twice
+    assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
+
+
+def _interrupt_after_first_finished_trial(process: subprocess.Popen) -> str:
+    """Read the sweep's output until a trial finishes, then press Ctrl-C; returns the finished trial's id."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if " finished: " in line:
+            process.send_signal(signal.SIGINT)
+            process.stdout.read()
+            return line.split()[1]
+    pytest.fail("the sweep ended before a trial finished:\n" + "".join(seen[-30:]))

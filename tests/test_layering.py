@@ -1,0 +1,28 @@
+"""The model library stays pure PyTorch: importable and testable without the pipeline's stack."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+FORBIDDEN = {"ray", "wandb", "typer", "yaml", "pyarrow", "pipeline", "rich", "pydantic"}
+AAE = Path(__file__).resolve().parent.parent / "aae"
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_aae_imports_no_ray_wandb_typer_yaml_or_pipeline() -> None:
+    offenders = {
+        str(path.relative_to(AAE.parent)): sorted(imported_roots(path) & FORBIDDEN) for path in AAE.rglob("*.py")
+    }
+    assert {file: mods for file, mods in offenders.items() if mods} == {}
+    assert len(offenders) > 10  # the walk really saw the package
