@@ -186,7 +186,7 @@ def tune(
         )
         result = start_sweep(experiment, options, overrides or [], space, epochs, sweep_dir)
     if result.status != "done":  # interrupted: the resume command is printed; failed: every trial errored
-        raise typer.Exit(130 if result.status == "interrupted" else 1)
+        sys.exit(130 if result.status == "interrupted" else 1)  # typer.Exit is swallowed outside standalone mode
 
 
 def main() -> None:

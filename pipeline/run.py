@@ -159,4 +159,7 @@ def _print_summary(config: Config, run: RunDir, metrics: dict[str, Any]) -> None
                        ("test/dimred_error", "dimensionality-reduction error")):
         if key in metrics:
             console.print(f"[bold]{label}: {metrics[key]:.2f}%[/bold]")
+    track = run.read_manifest().get("stages", {}).get("track", {}).get("outputs", {})
+    if track.get("wandb_sync"):
+        console.print(f"W&B run saved offline; upload it with: {track['wandb_sync']}")
     console.print(f"results: {run.path}")

@@ -25,10 +25,11 @@ from aae.variants import build_model
 from aae.variants.base import AAEModel
 from pipeline.config import Config
 from pipeline.data import load_label_split, load_split
-from pipeline.rundir import RunDir, atomic_write_bytes
+from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_text
 
 ReportFn = Callable[[dict[str, float]], None]
 CHECKPOINTS_KEPT = 2
+DIVERGED_FILE = "diverged.json"  # written when training stopped on non-finite losses
 
 
 @dataclass
@@ -124,10 +125,18 @@ def train(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | No
     if ctx.world > 1:
         model.grad_sync = average_gradients
     start_epoch, best = restore_latest_checkpoint(model, run, ctx.device)
+    if ctx.rank == 0:
+        (run.path / DIVERGED_FILE).unlink(missing_ok=True)  # a stale mark from an earlier attempt
     last: dict[str, float] = {}
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
         losses = train_one_epoch(model, data, config, ctx, epoch)
+        if not all(math.isfinite(value) for value in losses.values()):
+            # Every rank sees the same averaged losses, so all stop here together. The epoch is not
+            # checkpointed: the best and last checkpoints stay the last finite ones.
+            if ctx.rank == 0:
+                atomic_write_text(run.path / DIVERGED_FILE, json.dumps({"epoch": epoch + 1, "losses": losses}))
+            break
         trained = time.perf_counter()
         last = {**losses, **validate(model, data, ctx)}
         last["epoch"] = epoch + 1

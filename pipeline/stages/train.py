@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pipeline.config import Config
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import cluster, trainer
 from pipeline.rundir import RunDir
+from pipeline.training import DIVERGED_FILE
 
 
 def worker_plan(config: Config) -> cluster.WorkerResources:
@@ -40,4 +42,15 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
         printer.stop()
     rows = run.read_metrics()
     final = {key: value for key, value in rows[-1].items() if not key.startswith("time/")} if rows else {}
-    return {"metrics": final, "checkpoint": str(run.checkpoint_dir / "best.pt"), "epochs": len(rows)}
+    outputs = {"metrics": final, "checkpoint": str(run.checkpoint_dir / "best.pt"), "epochs": len(rows)}
+    diverged = run.path / DIVERGED_FILE
+    if diverged.exists():
+        epoch = json.loads(diverged.read_text())["epoch"]
+        outputs["diverged_at_epoch"] = epoch
+        console.print(
+            f"[bold yellow]warning: losses became NaN/inf at epoch {epoch}; training stopped and the best checkpoint "
+            "so far is evaluated. Lower the adversarial rates (--set train.lr.generator=0.01 "
+            "--set train.lr.discriminator=0.01) or add discriminator noise (--set model.params.disc_noise_std=0.3)."
+            "[/bold yellow]"
+        )
+    return outputs

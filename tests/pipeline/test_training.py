@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,10 @@ def test_gpu_options_amp_and_data_on_device_run_their_device_independent_path(sy
     assert [row["epoch"] for row in rows] == [1, 2]
     assert all(row["train/recon_loss"] == row["train/recon_loss"] for row in rows)  # not NaN
     assert rows[-1]["val/error"] < 90.0
+
+
+def test_diverging_run_stops_instead_of_training_on_nan(synthetic_dataset, tmp_path) -> None:
+    rows = _train(synthetic_dataset, tmp_path / "run", "train.epochs=4", "train.lr.reconstruction=1e12")
+    assert rows == []  # the NaN epoch is neither logged nor checkpointed, and no further epochs ran
+    assert json.loads((tmp_path / "run" / "diverged.json").read_text())["epoch"] == 1
+    assert list((tmp_path / "run" / "checkpoints").glob("*.pt")) == []

@@ -126,8 +126,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(synthetic_dat
         command, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as process:
-        first = _interrupt_after_first_finished_trial(process)
-        assert process.wait(timeout=300) == 130
+        first, rest = _interrupt_after_first_finished_trial(process)
+        assert process.wait(timeout=300) == 130, rest
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "interrupted"
     done_before = (sweep / "trials" / first / "metrics.jsonl").read_text()
     resumed = run_cli("tune", "--resume", str(sweep), cwd=tmp_path)
@@ -140,13 +140,12 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(synthetic_dat
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
 
 
-def _interrupt_after_first_finished_trial(process: subprocess.Popen) -> str:
-    """Read the sweep's output until a trial finishes, then press Ctrl-C; returns the finished trial's id."""
+def _interrupt_after_first_finished_trial(process: subprocess.Popen) -> tuple[str, str]:
+    """Read the sweep's output until a trial finishes, then press Ctrl-C; returns that trial's id and the rest."""
     seen = []
     for line in process.stdout:
         seen.append(line)
         if " finished: " in line:
             process.send_signal(signal.SIGINT)
-            process.stdout.read()
-            return line.split()[1]
+            return line.split()[1], process.stdout.read()
     pytest.fail("the sweep ended before a trial finished:\n" + "".join(seen[-30:]))
