@@ -186,13 +186,14 @@ def tune(
         )
         result = start_sweep(experiment, options, overrides or [], space, epochs, sweep_dir)
     if result.status != "done":  # interrupted: the resume command is printed; failed: every trial errored
-        sys.exit(130 if result.status == "interrupted" else 1)  # typer.Exit is swallowed outside standalone mode
+        raise typer.Exit(130 if result.status == "interrupted" else 1)
 
 
 def main() -> None:
     """Console-script entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = app(standalone_mode=False)
     except UserError as err:
         print(f"error: {err.one_line()}", file=sys.stderr)
         sys.exit(2)
@@ -211,6 +212,8 @@ def main() -> None:
         else:
             print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

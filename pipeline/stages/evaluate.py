@@ -50,7 +50,7 @@ class Outcome:
 def reconstruction(inputs: Inputs) -> Outcome:
     """test/recon_mse (per pixel) and test/recon_bce (summed over pixels) of the model's reconstruction."""
     model, test = inputs.model, inputs.test
-    labels = torch.as_tensor(test.y)  # only label-fed decoders (the supervised AAE) read them
+    labels = torch.tensor(test.y)  # only label-fed decoders (the supervised AAE) read them
     x_hat = torch.cat([model.reconstruction(x, y)
                        for x, y in zip(test.x.split(CHUNK), labels.split(CHUNK), strict=True)])
     return Outcome({f"test/{k}": v for k, v in m.reconstruction_errors(test.x, x_hat).items()})
