@@ -167,7 +167,11 @@ def _connect(path: Path, base: Config, space: SearchSpace, options: SweepOptions
     concurrent = options.max_concurrent or max(1, cores // wpt)
     trial_cpu = TRIAL_CPU_WITH_TRAINER if wpt > 1 else 0.0  # in-process trials use the worker's CPU themselves
     # Locally Ray gets enough logical CPUs for every concurrent trial's workers; a cluster must fit one trial.
-    capacity = replace(plan, workers=wpt * concurrent) if local else plan
+    # Workaround: under Train V2 a finished trial's TorchTrainer leaves its placement group behind (seen on
+    # Ray 2.60: the next trial's workers waited forever). Locally each expected trial gets its own logical
+    # CPUs, so a leaked, idle group cannot starve the next one; threads still share the real cores.
+    slots = concurrent if wpt == 1 else max(concurrent, options.samples * grid_size(space, options.search))
+    capacity = replace(plan, workers=wpt * slots) if local else plan
     cluster.connect(options.address, capacity, extra_cpus=trial_cpu * (concurrent if local else 1))
     threads = max(1, cores // (wpt * concurrent)) if local else plan.threads
     setup = TrialSetup(

@@ -149,3 +149,16 @@ def _interrupt_after_first_finished_trial(process: subprocess.Popen) -> tuple[st
             process.send_signal(signal.SIGINT)
             return line.split()[1], process.stdout.read()
     pytest.fail("the sweep ended before a trial finished:\n" + "".join(seen[-30:]))
+
+
+@pytest.mark.slow
+def test_trials_with_two_workers_each_all_complete(synthetic_dataset, tmp_path) -> None:
+    # Each trial drives its own TorchTrainer; the second must not wait on resources the first left behind.
+    (tmp_path / "space.yaml").write_text("model.params.z_dim: {grid: [2, 4]}\n")
+    result = run_cli(
+        "tune", "unsup-gaussian", "--space", "space.yaml", "--search", "grid", "--scheduler", "fifo",
+        "--workers-per-trial", "2", "--epochs", "1", "--sweep-dir", "sweep", *sets(synthetic_dataset), cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(trial_epochs(tmp_path / "sweep").values()) == [[1], [1]]
+    assert (tmp_path / "sweep" / "best.yaml").exists()
