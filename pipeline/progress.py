@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class _TeeToLog(io.TextIOBase):
+    """stdout for the console, copied without colour codes into the run directory's log once one is set."""
+
+    def __init__(self) -> None:
+        self.log: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        sys.stdout.write(text)
+        if self.log is not None:
+            self.log.write(_ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+        if self.log is not None:
+            self.log.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
+_stdout = _TeeToLog()
+console = Console(file=_stdout, highlight=False, soft_wrap=True)
+
+
+def log_to(path: Path) -> None:
+    """From now on, also append everything the console prints to `path` (the run's log)."""
+    if _stdout.log is not None:
+        _stdout.log.close()
+    _stdout.log = path.open("a", buffering=1)
 
 
 def format_epoch(row: dict[str, Any], total_epochs: int) -> str:

@@ -16,11 +16,12 @@ from typing import Any
 
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import StageError, UserError
-from pipeline.progress import console, summary_table
+from pipeline.progress import console, log_to, summary_table
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, new_run_dir
 from pipeline.stages import STAGE_NAMES, STAGES, Stage, input_hash
 
 RUNS_ROOT = Path("runs")
+LOG_FILE = "run.log"  # everything the run printed, without colours
 # Sections that change no trained result: a run that differs only in these reuses the earlier run directory.
 _NOT_IN_RUN_KEY = ("description", "tracking", "evaluate")
 
@@ -86,6 +87,7 @@ def run_experiment(
 
         connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
     run.path.mkdir(parents=True, exist_ok=True)
+    log_to(run.path / LOG_FILE)
     atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(config))
     run.update_manifest(experiment=config.experiment, run_key=run_key(config), config=config.model_dump(mode="json"))
     console.print(f"run directory: {run.path}")

@@ -81,6 +81,8 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(synthetic_dataset, 
     assert manifest["metrics"]["epoch"] == 3
     assert "val/error" in manifest["metrics"] and "train/recon_loss" in manifest["metrics"]
     assert "epoch   3/3" in result.stdout
+    log = (run_dir / "run.log").read_text()
+    assert "epoch   3/3" in log and "\x1b[" not in log  # the run's log holds what was printed, uncoloured
 
 
 @pytest.mark.slow
