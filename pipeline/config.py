@@ -116,13 +116,13 @@ def list_experiments() -> dict[str, str]:
     """Every experiment under conf/experiment/, name → one-line description."""
     out = {}
     for path in sorted(EXPERIMENT_DIR.glob("*.yaml")):
-        out[path.stem] = str(_read_yaml(path).get("description", "")).strip()
+        out[path.stem] = str(read_yaml(path).get("description", "")).strip()
     return out
 
 
 def load_config(experiment: str, overrides: list[str] | None = None, extra: dict[str, Any] | None = None) -> Config:
     """Resolve an experiment name (or a YAML file path) plus `key=value` overrides into a validated Config."""
-    raw = _deep_merge(_read_yaml(CONF_DIR / "base.yaml"), _experiment_yaml(experiment))
+    raw = _deep_merge(read_yaml(CONF_DIR / "base.yaml"), _experiment_yaml(experiment))
     raw.setdefault("experiment", Path(experiment).stem)
     for override in overrides or []:
         key, value = _parse_override(override)
@@ -175,15 +175,16 @@ def _experiment_yaml(experiment: str) -> dict[str, Any]:
     if as_path.suffix in (".yaml", ".yml"):
         if not as_path.is_file():
             raise UserError(f"config file {experiment} does not exist", "check the path")
-        return _read_yaml(as_path)
+        return read_yaml(as_path)
     path = EXPERIMENT_DIR / f"{experiment}.yaml"
     if not path.is_file():
         known = ", ".join(list_experiments())
         raise UserError(f"unknown experiment {experiment!r}", f"choose one of: {known}")
-    return _read_yaml(path)
+    return read_yaml(path)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file; bad syntax or a non-mapping is a one-line UserError naming the line."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import CONF_DIR, Config, load_config
+from pipeline.config import CONF_DIR, Config, load_config, read_yaml
 from pipeline.errors import UserError
 
 SEARCH_DIR = CONF_DIR / "search"
@@ -85,13 +83,7 @@ def load_search_space(path: Path) -> SearchSpace:
     """Read and parse a space file; any problem is a one-line UserError naming the file and key."""
     if not path.is_file():
         raise UserError(f"search space {path} does not exist", "check --space, or see conf/search/ for examples")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"malformed YAML in {path}{where}", "fix the file's syntax") from None
-    return parse_search_space(raw, str(path))
+    return parse_search_space(read_yaml(path), str(path))
 
 
 def parse_search_space(raw: Any, source: str) -> SearchSpace:
