@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aae.optim import PHASES
 from pipeline.config import Config
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import cluster, trainer
 from pipeline.rundir import RunDir
-from pipeline.training import DIVERGED_FILE
+from pipeline.training import DIVERGED_FILE, optim_config
 
 
 def worker_plan(config: Config) -> cluster.WorkerResources:
@@ -29,10 +30,13 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     plan = worker_plan(config)
     cluster.connect(config.run.address, plan)
     per_worker = config.train.batch_size // config.run.workers
+    optim = optim_config(config)
+    rates = ", ".join(f"{phase} {optim.lr(phase):g}" for phase in PHASES)
     console.print(
         f"training {config.experiment} on {plan.workers} worker(s) x {plan.threads} thread(s)"
         f"{' + GPU' if plan.gpus else ''}: global batch {config.train.batch_size} "
-        f"(~{per_worker} per worker, gradients averaged), learning rates as configured (not rescaled)"
+        f"(~{per_worker} per worker, gradients averaged); {optim.kind} learning rates {rates} "
+        f"(not rescaled by the worker count), x{optim.decay_factor:g} after epochs {list(optim.decay_epochs)}"
     )
     printer = EpochPrinter(run.metrics_path, config.train.epochs)
     printer.start()
