@@ -126,6 +126,11 @@ def _run_stage(stage: Stage, config: Config, run: RunDir, redo: bool) -> None:
     if not redo and _reusable(stage, config, run):
         console.print(f"[dim]{stage.name:<10} reused (inputs unchanged; took {record.get('seconds', 0):.1f}s)[/dim]")
         return
+    if stage.name == "train" and redo:
+        # A redo asked for by --force / --from must not just resume the finished checkpoints.
+        archived = run.archive_training()
+        if archived is not None:
+            console.print(f"train      redo requested: earlier checkpoints and metrics moved to {archived.name}/")
     if stage.name != "train":
         console.print(f"{stage.name:<10} running…")
     started = time.perf_counter()

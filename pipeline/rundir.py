@@ -116,6 +116,18 @@ class RunDir:
             name, status="done", seconds=round(time.perf_counter() - start, 2), outputs=outputs, error=None
         )
 
+    def archive_training(self) -> Path | None:
+        """Move checkpoints and per-epoch metrics into previous-<time>/ so training starts afresh, losing nothing."""
+        produced = [self.checkpoint_dir, self.metrics_path, self.path / "diverged.json"]
+        if not any(path.exists() for path in produced):
+            return None
+        archive = self.path / f"previous-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+        archive.mkdir()
+        for path in produced:
+            if path.exists():
+                path.rename(archive / path.name)
+        return archive
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """Per-epoch metric rows written during training (JSON lines; a torn last line is ignored)."""
         if not self.metrics_path.exists():

@@ -1,0 +1,78 @@
+"""The stage chain: reuse of unchanged stages, --from, failures that keep finished stages (no Ray: stages are
+stubbed where they would start it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import run as run_module
+from pipeline.config import load_config
+from pipeline.errors import StageError
+from pipeline.rundir import RunDir
+from pipeline.stages import STAGES, Stage
+
+
+@pytest.fixture
+def chain(monkeypatch, tmp_path):
+    """Stub stages that count their calls and write a file, run in-process without Ray."""
+    calls: list[str] = []
+
+    def make(name: str):
+        def stage_fn(config, run):
+            calls.append(name)
+            if name == "train":
+                run.checkpoint_dir.mkdir(exist_ok=True)
+                (run.checkpoint_dir / "best.pt").write_text(f"weights {len(calls)}")
+                run.metrics_path.write_text(json.dumps({"epoch": 1}) + "\n")
+            if name == "evaluate":  # like the real stage, its output file depends on its config
+                (run.path / "evaluation.json").write_text(json.dumps(config.evaluate.model_dump()))
+            return {"metrics": {f"{name}/done": 1.0}}
+        return stage_fn
+
+    stubbed = tuple(
+        Stage(s.name, make(s.name), s.config_keys, s.input_files, as_task=False) for s in STAGES
+    )
+    monkeypatch.setattr(run_module, "STAGES", stubbed)
+    monkeypatch.setattr("pipeline.stages.train.connect_cluster", lambda config: None)
+    config = load_config("semisup", ["tracking.wandb=disabled"])
+    return config, RunDir(tmp_path / "run"), calls
+
+
+def test_second_run_reuses_every_stage_and_a_config_change_redoes_from_the_first_affected(chain) -> None:
+    config, run, calls = chain
+    run_module.run_experiment(config, run)
+    assert calls == ["prepare", "train", "evaluate", "visualize", "track"]
+    calls.clear()
+    run_module.run_experiment(config, run)
+    assert calls == []
+    run_module.run_experiment(load_config("semisup", ["tracking.wandb=disabled", "evaluate.parzen_samples=10"]), run)
+    assert calls == ["evaluate", "track"]  # evaluate's inputs changed; visualize's did not
+
+
+def test_from_train_redoes_training_from_scratch_and_keeps_the_old_results(chain) -> None:
+    config, run, calls = chain
+    run_module.run_experiment(config, run)
+    calls.clear()
+    run_module.run_experiment(config, run, from_stage="train")
+    assert calls == ["train", "evaluate", "visualize", "track"]
+    archived = list(run.path.glob("previous-*/checkpoints/best.pt"))
+    assert len(archived) == 1 and archived[0].read_text() == "weights 2"
+
+
+def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain, monkeypatch) -> None:
+    config, run, calls = chain
+
+    def broken(config, run):
+        raise RuntimeError("figure backend exploded")
+
+    stages = tuple(s if s.name != "visualize" else Stage("visualize", broken, s.config_keys, s.input_files, False)
+                   for s in run_module.STAGES)
+    monkeypatch.setattr(run_module, "STAGES", stages)
+    with pytest.raises(StageError, match="stage 'visualize' failed.*figure backend exploded"):
+        run_module.run_experiment(config, run)
+    stages_record = run.read_manifest()["stages"]
+    assert [stages_record[name]["status"] for name in ("prepare", "train", "evaluate", "visualize")] == [
+        "done", "done", "done", "failed"]
+    assert (run.path / "logs" / "visualize-error.log").exists()
