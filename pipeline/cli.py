@@ -161,6 +161,7 @@ def tune(
     ] = None,
     overrides: SetOption = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs of every trial.")] = None,
+    wandb: WandbOption = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the interrupted sweep in this (your own) directory.")
     ] = None,
@@ -184,7 +185,8 @@ def tune(
             grace_period=grace_period,
             address=address,
         )
-        result = start_sweep(experiment, options, overrides or [], space, epochs, sweep_dir)
+        tracking = [f"tracking.wandb={wandb}"] if wandb else []
+        result = start_sweep(experiment, options, [*(overrides or []), *tracking], space, epochs, sweep_dir)
     if result.status != "done":  # interrupted: the resume command is printed; failed: every trial errored
         raise typer.Exit(130 if result.status == "interrupted" else 1)
 

@@ -62,12 +62,13 @@ class SweepResult:
 
 
 def sweep_metric(config: Config) -> str:
-    """The number trials are ranked by (lower is better): classification error where labels train a y head,
-    else the reconstruction loss (a cluster head's error needs the labels the model never saw)."""
+    """The number trials are ranked by (lower is better): the same validation metric that ranks a run's
+    checkpoints — classification error, cluster error (majority vote on the validation labels), or the
+    reconstruction loss for models without a y head."""
     from aae.variants import build_model
 
-    model = build_model(config.model.variant, config.model.params)
-    return "val/error" if model.y_head == "classes" else "val/recon_bce"
+    head = build_model(config.model.variant, config.model.params).y_head
+    return {"classes": "val/error", "clusters": "val/cluster_error"}.get(head, "val/recon_bce")
 
 
 def start_sweep(

@@ -122,9 +122,11 @@ def make_scheduler(kind: str, epochs: int, grace_period: int) -> Any:
 def make_searcher(kind: str, seed: int, max_concurrent: int) -> Any:
     """Optuna's TPE, or Tune's basic generator (grids crossed, other ranges drawn at random), seeded."""
     if kind == "optuna":
+        import optuna
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study INFO lines would interleave ours
         return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 

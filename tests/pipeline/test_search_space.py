@@ -122,7 +122,8 @@ def test_list_choices_travel_as_text_and_come_back_as_lists() -> None:
     ("experiment", "space_file", "metric"),
     [
         ("semisup", "semisup.yaml", "val/error"),
-        ("cluster16", "clustering.yaml", "val/recon_bce"),  # a cluster head, but no labels train it
+        ("cluster16", "clustering.yaml", "val/cluster_error"),
+        ("dimred-2d-unsup", "dimred.yaml", "val/cluster_error"),
         ("dimred-2d", "dimred.yaml", "val/error"),
         ("unsup-gaussian", "unsupervised.yaml", "val/recon_bce"),
         ("vae-mixture", "vae.yaml", "val/recon_bce"),
