@@ -7,10 +7,26 @@ from typing import Any
 
 from aae.optim import PHASES
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import cluster, trainer
 from pipeline.rundir import RunDir
 from pipeline.training import DIVERGED_FILE, optim_config
+
+
+def divergence_advice(config: Config) -> str:
+    """The overrides worth trying after NaN losses, computed from the rates this run used."""
+    optim = optim_config(config)
+    adversarial = " ".join(f"--set train.lr.{phase}={optim.lr(phase) / 10:g}"
+                           for phase in ("generator", "discriminator"))
+    fits_labels = config.model.variant == "semi_supervised" or (
+        config.model.variant == "dim_reduction" and config.model.params.get("use_labels", True)
+    )
+    if fits_labels and config.data.labels != "all":
+        # The few labelled examples come round again every step or two, and the paper's supervised rate
+        # (0.1, momentum 0.9) overshoots on them: semisup with 100 labels diverges in its first epoch.
+        return f"--set train.lr.supervised={optim.lr('supervised') / 10:g} (few labels), or {adversarial}"
+    return adversarial
 
 
 def worker_plan(config: Config) -> cluster.WorkerResources:
@@ -51,10 +67,14 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     if diverged.exists():
         epoch = json.loads(diverged.read_text())["epoch"]
         outputs["diverged_at_epoch"] = epoch
+        if not (run.checkpoint_dir / "best.pt").exists():
+            raise UserError(
+                f"training diverged (NaN/inf losses) in epoch {epoch}, before any checkpoint was saved",
+                f"lower the learning rates: {divergence_advice(config)}",
+            )
         console.print(
-            f"[bold yellow]warning: losses became NaN/inf at epoch {epoch}; training stopped and the best checkpoint "
-            "so far is evaluated. Lower the adversarial rates (--set train.lr.generator=0.01 "
-            "--set train.lr.discriminator=0.01) or add discriminator noise (--set model.params.disc_noise_std=0.3)."
-            "[/bold yellow]"
+            f"[bold yellow]warning: losses became NaN/inf at epoch {epoch}; training stopped and the best "
+            f"checkpoint so far is evaluated. To train further, lower the learning rates: "
+            f"{divergence_advice(config)}[/bold yellow]"
         )
     return outputs

@@ -115,3 +115,21 @@ def test_one_ray_worker_trains_exactly_like_the_plain_loop(synthetic_dataset, tm
     for via_ray, direct in zip(RunDir(ray_dir).read_metrics(), plain.read_metrics(), strict=True):
         for key in ("train/recon_loss", "train/supervised_loss", "val/error"):
             assert via_ray[key] == pytest.approx(direct[key], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_divergence_before_any_checkpoint_is_one_clear_error(synthetic_dataset, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "run", "semisup", "--epochs", "2", "--run-dir", str(run_dir),
+        *sets(synthetic_dataset, "train.lr.reconstruction=1e12"), cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert "diverged (NaN/inf losses) in epoch 1" in line
+    assert "--set train.lr.supervised=0.01 (few labels)" in line  # semisup with 100 labels: the likely cause
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["prepare"]["status"] == "done"
+    assert manifest["stages"]["train"]["status"] == "failed"
+    assert "evaluate" not in manifest["stages"]
