@@ -11,18 +11,16 @@ from pipeline.errors import UserError
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import cluster, trainer
 from pipeline.rundir import RunDir
+from pipeline.stages.checkpoint import BEST_CHECKPOINT
 from pipeline.training import DIVERGED_FILE, optim_config
 
 
-def divergence_advice(config: Config) -> str:
-    """The overrides worth trying after NaN losses, computed from the rates this run used."""
+def divergence_advice(config: Config, phases: set[str]) -> str:
+    """The overrides worth trying after NaN losses in `phases`, computed from the rates this run used."""
     optim = optim_config(config)
     adversarial = " ".join(f"--set train.lr.{phase}={optim.lr(phase) / 10:g}"
                            for phase in ("generator", "discriminator"))
-    fits_labels = config.model.variant == "semi_supervised" or (
-        config.model.variant == "dim_reduction" and config.model.params.get("use_labels", True)
-    )
-    if fits_labels and config.data.labels != "all":
+    if "supervised" in phases and config.data.labels != "all":
         # The few labelled examples come round again every step or two, and the paper's supervised rate
         # (0.1, momentum 0.9) overshoots on them: semisup with 100 labels diverges in its first epoch.
         return f"--set train.lr.supervised={optim.lr('supervised') / 10:g} (few labels), or {adversarial}"
@@ -62,19 +60,22 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
         printer.stop()
     rows = run.read_metrics()
     final = {key: value for key, value in rows[-1].items() if not key.startswith("time/")} if rows else {}
-    outputs = {"metrics": final, "checkpoint": str(run.checkpoint_dir / "best.pt"), "epochs": len(rows)}
+    best = run.checkpoint_dir / BEST_CHECKPOINT
+    outputs = {"metrics": final, "checkpoint": str(best), "epochs": len(rows)}
     diverged = run.path / DIVERGED_FILE
     if diverged.exists():
-        epoch = json.loads(diverged.read_text())["epoch"]
-        outputs["diverged_at_epoch"] = epoch
-        if not (run.checkpoint_dir / "best.pt").exists():
+        record = json.loads(diverged.read_text())
+        epoch = outputs["diverged_at_epoch"] = record["epoch"]
+        # The losses the model reported name its phases, e.g. train/supervised_loss.
+        phases = {key.removeprefix("train/").removesuffix("_loss") for key in record["losses"]}
+        advice = divergence_advice(config, phases)
+        if not best.exists():
             raise UserError(
                 f"training diverged (NaN/inf losses) in epoch {epoch}, before any checkpoint was saved",
-                f"lower the learning rates: {divergence_advice(config)}",
+                f"lower the learning rates: {advice}",
             )
         console.print(
             f"[bold yellow]warning: losses became NaN/inf at epoch {epoch}; training stopped and the best "
-            f"checkpoint so far is evaluated. To train further, lower the learning rates: "
-            f"{divergence_advice(config)}[/bold yellow]"
+            f"checkpoint so far is evaluated. To train further, lower the learning rates: {advice}[/bold yellow]"
         )
     return outputs
