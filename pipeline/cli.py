@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import StageError, UserError
+from pipeline.errors import Interrupted, StageError, UserError
 
 app = typer.Typer(
     name="aae-pipeline",
@@ -202,6 +202,9 @@ def main() -> None:
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENT_DIR = CONF_DIR / "experiment"
-# Sizes of the known datasets' training splits, so an impossible label count fails before Ray starts.
+# Sizes and class counts of the known datasets' training splits, so an impossible label count fails before
+# Ray starts; for idx: data they are known only once it is loaded, where the prepare stage checks them.
 KNOWN_TRAIN_SIZES = {"mnist": 50_000}
+KNOWN_CLASSES = {"mnist": 10}
 
 
 class Strict(BaseModel):
@@ -29,6 +31,17 @@ class DataConfig(Strict):
     label_seed: int = Field(0, ge=0)
     limit: int | None = Field(None, gt=0)
     data_dir: str | None = None
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _count_or_all(cls, value: Any) -> Any:
+        from pipeline.data.labels import parse_n_labels  # here: the data package imports pyarrow
+
+        try:
+            count = parse_n_labels(value)
+        except UserError:
+            raise ValueError("must be a positive whole number of labelled examples or 'all'") from None
+        return "all" if count is None else count
 
 
 class ModelConfig(Strict):
@@ -101,6 +114,12 @@ class Config(Strict):
     @model_validator(mode="after")
     def _labels_fit_the_data(self) -> Config:
         available = self.data.limit or KNOWN_TRAIN_SIZES.get(self.data.dataset)
+        classes = KNOWN_CLASSES.get(self.data.dataset)
+        if isinstance(self.data.labels, int) and classes is not None and self.data.labels < classes:
+            raise ValueError(
+                f"data.labels={self.data.labels} is fewer than the {classes} classes of {self.data.dataset}: a "
+                f"balanced labelled subset needs at least one per class, so use at least {classes} or 'all'"
+            )
         if isinstance(self.data.labels, int) and available is not None and self.data.labels > available:
             raise ValueError(
                 f"data.labels={self.data.labels} is more than the {available} training examples available"
@@ -175,18 +194,34 @@ def _experiment_yaml(experiment: str) -> dict[str, Any]:
     if as_path.suffix in (".yaml", ".yml"):
         if not as_path.is_file():
             raise UserError(f"config file {experiment} does not exist", "check the path")
-        return read_yaml(as_path)
-    path = EXPERIMENT_DIR / f"{experiment}.yaml"
-    if not path.is_file():
-        known = ", ".join(list_experiments())
-        raise UserError(f"unknown experiment {experiment!r}", f"choose one of: {known}")
-    return read_yaml(path)
+        path = as_path
+    else:
+        path = EXPERIMENT_DIR / f"{experiment}.yaml"
+        if not path.is_file():
+            known = ", ".join(list_experiments())
+            raise UserError(f"unknown experiment {experiment!r}", f"choose one of: {known}")
+    raw = read_yaml(path)
+    # Every experiment names its model; a file that does not (e.g. an empty one) would silently run the base
+    # defaults, a 100-epoch semi-supervised run, under the file's name.
+    model = raw.get("model")
+    if not isinstance(model, dict) or "variant" not in model:
+        problem = "is empty" if not raw else "does not set model.variant"
+        raise UserError(f"config file {path} {problem}, so it names no experiment to run",
+                        "set at least model.variant (see `aae-pipeline show-config semisup` for a full config)")
+    return raw
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from a file; bad syntax or a non-mapping is a one-line UserError naming the line."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x})",
+                        "save it as a UTF-8 YAML file") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror or err})", "check the path and its permissions") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

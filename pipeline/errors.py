@@ -30,3 +30,7 @@ class StageError(Exception):
             f"stage '{stage}' failed: {type(cause).__name__}: {first_line} (traceback in {log_path}); "
             "finished stages are kept, re-run the same command to continue"
         )
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C); the message says what was kept and how to continue. Exit code 130."""

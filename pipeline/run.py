@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, config_to_yaml, load_config
-from pipeline.errors import StageError, UserError
+from pipeline.errors import Interrupted, StageError, UserError
 from pipeline.progress import console, log_to, summary_table
-from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, new_run_dir
+from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, driving, new_run_dir
 from pipeline.stages import STAGE_NAMES, STAGES, Stage, input_hash
+from pipeline.tracking import settle_tracking
 
 RUNS_ROOT = Path("runs")
 LOG_FILE = "run.log"  # everything the run printed, without colours
@@ -52,7 +55,7 @@ def resolve_run(
             )
         return config, existing
     previous = find_previous_run(config)
-    return config, previous or RunDir(new_run_dir(config.experiment, RUNS_ROOT))
+    return config, previous or RunDir(new_run_dir(config.experiment, RUNS_ROOT), fresh=True)
 
 
 def find_previous_run(config: Config, root: Path = RUNS_ROOT) -> RunDir | None:
@@ -82,20 +85,52 @@ def run_experiment(
     """Run the chain (skipping stages whose inputs are unchanged); returns the manifest's metrics."""
     redo_from = _stage_index(from_stage) if from_stage else len(STAGES)
     wanted = [(stage, force or index >= redo_from) for index, stage in enumerate(STAGES) if stage.name in stages]
+    requested = config  # what config.yaml keeps: a later re-run decides W&B's mode afresh
+    config = settle_tracking(config, run.path)  # W&B decided once, before the track stage's input hash is taken
     if not all(not redo and _reusable(stage, config, run) for stage, redo in wanted):
         from pipeline.stages.train import connect_cluster
 
         connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
-    run.path.mkdir(parents=True, exist_ok=True)
-    log_to(run.path / LOG_FILE)
-    atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(config))
-    run.update_manifest(experiment=config.experiment, run_key=run_key(config), config=config.model_dump(mode="json"))
-    console.print(f"run directory: {run.path}")
-    for stage, redo in wanted:
-        _run_stage(stage, config, run, redo)
-    metrics = run.read_manifest()["metrics"]
-    _print_summary(config, run, metrics)
+    with driving(run) as run:  # a new run's directory is created here, under a name no concurrent run took
+        log_to(run.path / LOG_FILE)
+        _say_if_died(run)
+        atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(requested))
+        run.update_manifest(
+            experiment=config.experiment, run_key=run_key(config), config=requested.model_dump(mode="json"),
+            driver={"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        )
+        console.print(f"run directory: {run.path}")
+        for stage, redo in wanted:
+            try:
+                _run_stage(stage, config, run, redo)
+            except KeyboardInterrupt:
+                raise Interrupted(_interrupted_message(stage.name, run)) from None
+        metrics = run.read_manifest()["metrics"]
+        _print_summary(config, run, metrics)
     return metrics
+
+
+def _say_if_died(run: RunDir) -> None:
+    """Tell the user when an earlier process stopped mid-stage (killed, machine lost) and what happens now."""
+    stages = run.read_manifest().get("stages", {})
+    died = [name for name, record in stages.items() if record.get("status") == "interrupted"]
+    if died:
+        console.print(
+            f"[yellow]note: an earlier run in this directory stopped during {', '.join(died)}; "
+            "continuing from what it finished (training resumes from its last checkpoint)[/yellow]"
+        )
+
+
+def _interrupted_message(stage: str, run: RunDir) -> str:
+    """What a Ctrl-C left: the stage it stopped, what is kept, and the command that continues."""
+    epochs = [int(row["epoch"]) for row in run.read_metrics() if "epoch" in row]
+    kept = f"checkpoints up to epoch {max(epochs)}" if epochs else "no checkpoint yet"
+    done = [name for name, record in run.read_manifest().get("stages", {}).items() if record.get("status") == "done"]
+    finished = f"finished stages ({', '.join(done)}) and " if done else ""
+    return (
+        f"interrupted during {stage}; kept {finished}{kept} in {run.path}. "
+        f"Continue with: aae-pipeline run --resume {run.path}"
+    )
 
 
 def evaluate_existing(run_dir: Path, wandb: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -169,4 +204,7 @@ def _print_summary(config: Config, run: RunDir, metrics: dict[str, Any]) -> None
     track = run.read_manifest().get("stages", {}).get("track", {}).get("outputs", {})
     if track.get("wandb_sync"):
         console.print(f"W&B run saved offline; upload it with: {track['wandb_sync']}")
+    for key, job in (("wandb_train_error", "train"), ("wandb_error", "evaluate")):  # from Ray workers: said here
+        if track.get(key):
+            console.print(f"warning: W&B tracking failed ({job} run: {track[key]}); results are unaffected")
     console.print(f"results: {run.path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,9 +15,15 @@ from typing import Any
 
 from pipeline.errors import UserError
 
+try:  # POSIX; elsewhere two processes on one run directory are not detected
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config.yaml"
 METRICS = "metrics.jsonl"
+LOCK_FILE = ".driver.lock"  # held (flock) by the process driving the run; the kernel drops it when that dies
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -40,24 +47,44 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
-    """The path of a fresh `runs/<experiment>-<timestamp>` (a suffix keeps two runs in one second apart).
+    """The path of a fresh `runs/<experiment>-<timestamp>` that does not exist yet.
 
-    Not created here: a run that fails its checks before starting leaves nothing behind."""
+    Not created here: a run that fails its checks before starting leaves nothing behind. `claim_dir`
+    creates it when the run starts, moving on to a suffixed name if another run took this one meanwhile."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{Path(experiment).stem}-{stamp}"
-    path = root / name
-    suffix = 1
-    while path.exists():
+    return _free_name(root.resolve() / f"{Path(experiment).stem}-{stamp}")
+
+
+def _free_name(path: Path) -> Path:
+    candidate, suffix = path, 1
+    while candidate.exists():
         suffix += 1
-        path = root / f"{name}-{suffix}"
-    return path.resolve()
+        candidate = path.with_name(f"{path.name}-{suffix}")
+    return candidate
+
+
+def claim_dir(path: Path) -> Path:
+    """Create a directory that no other process has, starting from `path` (`-2`, `-3`… if it is taken).
+
+    mkdir is atomic: of two runs started in the same second, one gets the name and the other the next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        candidate = _free_name(path)
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
 
 
 class RunDir:
-    """Reads and updates one run directory; only the driver process writes the manifest."""
+    """Reads and updates one run directory; only the driver process writes the manifest.
 
-    def __init__(self, path: Path) -> None:
+    `fresh` marks a directory named for a new run and not created yet (see `claim_dir`)."""
+
+    def __init__(self, path: Path, fresh: bool = False) -> None:
         self.path = Path(path).resolve()
+        self.fresh = fresh
 
     @property
     def manifest_path(self) -> Path:
@@ -107,6 +134,9 @@ class RunDir:
         self.record_stage(name, status="running", input_hash=input_hash)
         try:
             yield outputs
+        except KeyboardInterrupt:
+            self.record_stage(name, status="interrupted", seconds=round(time.perf_counter() - start, 2))
+            raise
         except BaseException as err:
             self.record_stage(
                 name, status="failed", seconds=round(time.perf_counter() - start, 2), error=str(err)[:500]
@@ -139,3 +169,55 @@ class RunDir:
             except json.JSONDecodeError:
                 continue
         return rows
+
+
+@contextmanager
+def driving(run: RunDir) -> Iterator[RunDir]:
+    """Hold the run directory for this process: create (claim) it if it is new, refuse it if another live process
+    drives it, and mark stages that a dead process left "running" as interrupted. Yields the run directory."""
+    if run.fresh:
+        run = RunDir(claim_dir(run.path))
+    else:
+        run.path.mkdir(parents=True, exist_ok=True)
+    with (run.path / LOCK_FILE).open("a+") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise UserError(
+                    f"{run.path} is in use by another aae-pipeline process ({holder})",
+                    "wait for it to finish, or give this run its own --run-dir",
+                ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        mark_dead_stages(run)
+        yield run
+
+
+def mark_dead_stages(run: RunDir) -> list[str]:
+    """Stages the manifest says are running although no process holds the run (its driver was killed)."""
+    if not run.manifest_path.exists():
+        return []
+    stages = run.read_manifest().get("stages", {})
+    dead = [name for name, record in stages.items() if record.get("status") == "running"]
+    for name in dead:
+        run.record_stage(name, status="interrupted", error="the process running it stopped without finishing")
+    return dead
+
+
+def is_driven(run: RunDir) -> bool:
+    """Whether a live process holds the run directory right now."""
+    lock_path = run.path / LOCK_FILE
+    if fcntl is None or not lock_path.exists():
+        return False
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False

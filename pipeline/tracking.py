@@ -24,6 +24,12 @@ later `wandb sync -n 1 <run dir>/wandb/offline-run-*`; `online` streams to W&B (
 offline instead of prompting); `auto` follows $WANDB_MODE if set, else goes online only when credentials
 exist ($WANDB_API_KEY or an entry for the W&B host in ~/.netrc). Credentials are only ever read from there.
 
+The driver settles the mode once, before any stage (settle_tracking): an online mode whose host does not
+answer within a few seconds becomes offline, with one warning, and that config is what every stage and Ray
+worker gets, so none waits on the network (wandb's own init waits 90 s per run). Ray workers' output never
+reaches the user's terminal, so a tracker that fails there also leaves its error in `<run dir>/wandb/
+<job type>-error.txt`, for the driver to report (recorded_errors).
+
 Offline lineage (wandb 0.31): `run.use_artifact` raises offline, so an input is written as the record that
 online `use_artifact` writes for a new artifact (logged with `use_after_commit`); `wandb sync` replays it:
 it finds the version with that content, or creates it, and marks it as the run's input. `-n 1` syncs the
@@ -37,6 +43,9 @@ import hashlib
 import netrc
 import os
 import re
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +59,9 @@ if TYPE_CHECKING:
 
 WANDB_DIR = "wandb"
 DEFAULT_HOST = "https://api.wandb.ai"
+ERROR_SUFFIX = "-error.txt"  # <run dir>/wandb/<job type>-error.txt: a tracker's error, for the driver to report
+PROBE_SECONDS = 5.0  # how long the driver waits for the W&B host before tracking offline instead
+INIT_SECONDS = 20.0  # wandb.init's own limit online (its default, 90 s, is paid by every failing run)
 
 
 class Tracker(Protocol):
@@ -137,6 +149,59 @@ def resolve_mode(setting: str) -> str:
     return setting
 
 
+def settle_tracking(config: Config, *run_dirs: Path | str) -> Config:
+    """The config the driver hands every stage: an unreachable W&B host turns online into offline, with one warning."""
+    # Called once per run or sweep, before any stage; `run_dirs` are where the offline runs will be (for the hint).
+    mode = resolve_mode(config.tracking.wandb)
+    if config.tracking.wandb == "online" and mode == "offline":
+        console.print("W&B: no credentials ($WANDB_API_KEY or `wandb login`), so tracking writes offline instead")
+    if mode != "online":
+        return config
+    url = os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST
+    problem = host_problem(url)
+    if problem is None:
+        return config
+    console.print(
+        f"W&B: {urlsplit(url).netloc or url} unreachable ({problem}); tracking offline instead; "
+        f"upload later with: {sync_command(*run_dirs)}"
+    )
+    return config.model_copy(update={"tracking": config.tracking.model_copy(update={"wandb": "offline"})})
+
+
+def host_problem(url: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why `url` gives no HTTP answer within `timeout` seconds, or None when it answers (any status below 500)."""
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError as err:  # the host answered; a 5xx is a proxy or an outage
+            outcome.append(None if err.code < 500 else f"HTTP {err.code}")
+        except (OSError, ValueError) as err:  # URLError is an OSError
+            reason = getattr(err, "reason", err)
+            outcome.append(getattr(reason, "strerror", None) or str(reason) or type(err).__name__)
+
+    # A thread, because name resolution ignores socket timeouts: a dead DNS must not hold the run up.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer in {timeout:g}s"
+
+
+def sync_command(*run_dirs: Path | str) -> str:
+    """The `wandb sync` line that uploads the offline runs under these run directories (shell globs allowed)."""
+    return "wandb sync -n 1 " + " ".join(f"{path}/{WANDB_DIR}/offline-run-*" for path in run_dirs)  # -n 1: in order
+
+
+def recorded_errors(run_dir: Path) -> dict[str, str]:
+    """Errors the trackers of a run directory left, by job type (a Ray worker's own warning is never seen)."""
+    return {
+        path.name.removesuffix(ERROR_SUFFIX): path.read_text().strip()
+        for path in sorted((run_dir / WANDB_DIR).glob(f"*{ERROR_SUFFIX}"))
+    }
+
+
 def wandb_run_id(run: RunDir, job_type: str) -> str:
     """A W&B run id fixed by the run directory and the stage, so re-running a stage continues its W&B run."""
     digest = hashlib.sha256(str(run.path).encode()).hexdigest()[:8]
@@ -162,11 +227,9 @@ def make_tracker(
     config: Config, run: RunDir, job_type: str, name: str | None = None, group: str | None = None
 ) -> Tracker:
     """The tracker for one stage of a pipeline run: W&B in the configured mode, or a NullTracker."""
-    mode = resolve_mode(config.tracking.wandb)
+    mode = resolve_mode(config.tracking.wandb)  # settle_tracking has told the user about a fallback to offline
     if mode == "disabled":
         return NullTracker()
-    if config.tracking.wandb == "online" and mode == "offline":
-        console.print("W&B: no credentials ($WANDB_API_KEY or `wandb login`), so tracking writes offline instead")
     group = group or run.path.name
     return WandbTracker(
         config, run, job_type, mode, run_id=wandb_run_id(run, job_type), name=name or f"{group}-{job_type}", group=group
@@ -187,6 +250,10 @@ class WandbTracker:
         # wandb copies artifact files to a staging area that an offline run needs until `wandb sync`; keep it
         # in the run directory (unless the user chose one) rather than in ~/.local/share/wandb.
         self._staging = os.environ.get("WANDB_DATA_DIR") or str(run.path / WANDB_DIR / "data")
+        # Where this run's error goes for the driver to report; a new attempt starts without the old one's.
+        self._error_file = run.path / WANDB_DIR / f"{job_type}{ERROR_SUFFIX}"
+        with contextlib.suppress(OSError):
+            self._error_file.unlink(missing_ok=True)
         self._guard("init", self._init, config, run, job_type, name, group)
 
     def _init(self, config: Config, run: RunDir, job_type: str, name: str, group: str) -> None:
@@ -208,7 +275,7 @@ class WandbTracker:
             mode=self.mode,
             config=config.model_dump(mode="json"),
             tags=[config.experiment, config.model.variant],
-            settings=wandb.Settings(silent=True, console="off", save_code=False),
+            settings=wandb.Settings(silent=True, console="off", save_code=False, **_init_timeout()),
         )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -296,6 +363,14 @@ class WandbTracker:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
             self.error = f"{what}: {type(err).__name__} {first_line}"[:300]
             console.print(f"warning: W&B tracking stopped ({self.error}); training and results are unaffected")
+            with contextlib.suppress(OSError):  # reporting the error must not become an error itself
+                self._error_file.parent.mkdir(parents=True, exist_ok=True)
+                self._error_file.write_text(self.error + "\n")
+
+
+def _init_timeout() -> dict[str, float]:
+    """wandb.init's time limit online: short, unless the user set $WANDB_INIT_TIMEOUT (an explicit one wins)."""
+    return {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": INIT_SECONDS}
 
 
 @contextlib.contextmanager

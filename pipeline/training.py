@@ -25,6 +25,7 @@ from aae.variants import build_model
 from aae.variants.base import AAEModel
 from pipeline.config import Config
 from pipeline.data import load_label_split, load_split
+from pipeline.data.labels import balanced_subset
 from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_text
 
 ReportFn = Callable[[dict[str, float]], None]
@@ -65,7 +66,9 @@ def load_training_data(config: Config, device: torch.device | None = None) -> Tr
     elif config.data.limit is None:
         labelled = load_label_split(config.data.dataset, config.data.labels, config.data.label_seed, data_dir)
     else:
-        labelled = _balanced_subset(labels, config.data.labels, config.data.label_seed)
+        # The same draw as the prepared label splits, over the first `limit` examples: a limit changes the pool,
+        # never the rules.
+        labelled = balanced_subset(labels, config.data.labels, config.data.label_seed)
     on = device if config.run.data_on_device and device is not None else torch.device("cpu")
     return TrainingData(
         x=to_float(images).to(on),
@@ -79,15 +82,6 @@ def load_training_data(config: Config, device: torch.device | None = None) -> Tr
 def to_float(images: np.ndarray) -> torch.Tensor:
     """Images (N, H, W) uint8 as flat (N, H*W) floats in [0, 1]."""
     return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
-
-
-def _balanced_subset(labels: np.ndarray, n_labels: int, seed: int) -> np.ndarray:
-    """Balanced labelled subset of a limited training set (the prepared splits cover the full set only)."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = [n_labels // len(classes) + (i < n_labels % len(classes)) for i in range(len(classes))]
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class, strict=True)]
-    return np.concatenate(picked)
 
 
 def optim_config(config: Config) -> OptimConfig:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import traceback
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, config_to_yaml, load_config
-from pipeline.errors import UserError
+from pipeline.errors import StageError, UserError
 from pipeline.progress import console
 from pipeline.rundir import CONFIG_FILE, atomic_write_bytes, atomic_write_text, new_run_dir
 from pipeline.search_space import (
@@ -91,11 +93,15 @@ def start_sweep(
     if options.samples is None:
         options = replace(options, samples=1 if options.search == "grid" else DEFAULT_SAMPLES)
     metric = sweep_metric(base)
-    setup, options = _connect(path, base, space, options)  # an unreachable cluster fails before files are written
+    # An unreachable cluster fails here, before any file is written.
+    setup, options = _connect(path, base, space, options, metric)
+    from pipeline.tracking import settle_tracking
+
+    base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
     _open_sweep_dir(path, base, space, options, metric)
     from pipeline.ray.tune import new_tuner
 
-    new_tuner(setup, options, metric, base.train.epochs, base.train.seed).fit()
+    _fit(new_tuner(setup, options, metric, base.train.epochs, base.train.seed), path)
     return finish_sweep(path)
 
 
@@ -125,13 +131,37 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
     space = parse_search_space(manifest["space"], manifest["space_file"])
     options = SweepOptions(**{**manifest["options"], "address": address or manifest["options"]["address"]})
     base = load_config(str(path / BASE_FILE), [], {"run.address": options.address})
-    setup, _ = _connect(path, base, space, options)
+    setup, _ = _connect(path, base, space, options, manifest["metric"])
+    from pipeline.tracking import settle_tracking
+
+    tracking = settle_tracking(base, path / "trials" / "*", path).tracking
+    if tracking != base.tracking:  # the trials read base.yaml, so the mode settled now goes there
+        settled = load_config(str(path / BASE_FILE), [], {"tracking.wandb": tracking.wandb})
+        atomic_write_text(path / BASE_FILE, config_to_yaml(settled))
     _write_manifest(path, {**manifest, "status": "running"})
     console.print(f"resuming sweep {path}")
     from pipeline.ray.tune import restore_tuner
 
-    restore_tuner(setup).fit()
+    _fit(restore_tuner(setup), path)
     return finish_sweep(path)
+
+
+def _fit(tuner: Any, path: Path) -> None:
+    """Run the sweep; an error of Tune itself (not of a trial, which Tune records) becomes one line and a log."""
+    from ray.tune.error import TuneError
+
+    try:
+        with warnings.catch_warnings():
+            # ASHA takes percentiles over results that include a diverged trial's inf; numpy warns each time.
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+            tuner.fit()
+    except TuneError as err:
+        log_path = path / "logs" / "tune-error.log"
+        log_path.parent.mkdir(exist_ok=True)
+        atomic_write_text(log_path, "".join(traceback.format_exception(err)))
+        _write_manifest(path, {**read_manifest(path), "status": "failed"})
+        cause = str(err).strip().splitlines()[-1] if str(err).strip() else "TuneError"
+        raise StageError("tune", RuntimeError(cause), str(log_path)) from None
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -157,27 +187,27 @@ def _check_options(options: SweepOptions) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})", "pass a positive number")
 
 
-def _connect(path: Path, base: Config, space: SearchSpace, options: SweepOptions) -> tuple[Any, SweepOptions]:
+def _connect(
+    path: Path, base: Config, space: SearchSpace, options: SweepOptions, metric: str
+) -> tuple[Any, SweepOptions]:
     """Start or join Ray sized for the concurrent trials; returns the trials' setup and the completed options."""
     from pipeline.ray import cluster
-    from pipeline.ray.tune import TRIAL_CPU_WITH_TRAINER, TrialSetup
+    from pipeline.ray.tune import TrialSetup
 
     wpt, local = options.workers_per_trial, not options.address
     plan = cluster.plan_resources(wpt, base.run.gpus_per_worker, base.run.cpus_per_worker, local=local)
     cores = os.cpu_count() or 1
-    concurrent = options.max_concurrent or max(1, cores // wpt)
-    trial_cpu = TRIAL_CPU_WITH_TRAINER if wpt > 1 else 0.0  # in-process trials use the worker's CPU themselves
-    # Locally Ray gets enough logical CPUs for every concurrent trial's workers; a cluster must fit one trial.
-    # Workaround: under Train V2 a finished trial's TorchTrainer leaves its placement group behind (seen on
-    # Ray 2.60: the next trial's workers waited forever). Locally each expected trial gets its own logical
-    # CPUs, so a leaked, idle group cannot starve the next one; threads still share the real cores.
-    slots = concurrent if wpt == 1 else max(concurrent, options.samples * grid_size(space, options.search))
-    capacity = replace(plan, workers=wpt * slots) if local else plan
-    cluster.connect(options.address, capacity, extra_cpus=trial_cpu * (concurrent if local else 1))
-    threads = max(1, cores // (wpt * concurrent)) if local else plan.threads
+    if local:  # Ray gets logical CPUs for every concurrent trial's workers; threads share the real cores
+        concurrent = options.max_concurrent or max(1, cores // wpt)
+        cluster.connect(None, replace(plan, workers=wpt * concurrent))
+        threads = max(1, cores // (wpt * concurrent))
+    else:  # a cluster must hold one trial; by default as many run at once as its CPUs hold
+        cluster.connect(options.address, plan)
+        concurrent = options.max_concurrent or cluster.trials_that_fit(plan)
+        threads = plan.threads
     setup = TrialSetup(
         sweep_dir=str(path), base_config=str(path / BASE_FILE), sweep_name=path.name, space=space,
-        plan=replace(plan, threads=threads), threads=threads,
+        plan=replace(plan, threads=threads), threads=threads, metric=metric,
     )
     return setup, replace(options, max_concurrent=concurrent)
 
@@ -279,7 +309,7 @@ def _short(key: str) -> str:
 def _track_summary(path: Path, metric: str, rows: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
     """The sweep's table and best value as one W&B run (job type tune-summary) beside the trials' runs."""
     from pipeline.rundir import RunDir
-    from pipeline.tracking import make_tracker
+    from pipeline.tracking import make_tracker, recorded_errors
 
     tracker = make_tracker(load_config(str(path / BASE_FILE)), RunDir(path), "tune-summary",
                            name=f"{path.name}-summary", group=path.name)
@@ -291,6 +321,11 @@ def _track_summary(path: Path, metric: str, rows: list[dict[str, Any]], best: di
             tracker.log_summary({f"best/{metric}": best["final"], "trials": len(rows)})
     finally:
         tracker.finish()
+    # The trials tracked from Ray workers, whose warnings never reach this terminal: said once here.
+    failed = [error for trial in sorted(path.glob("trials/*")) for error in recorded_errors(trial).values()]
+    if failed:
+        console.print(f"warning: W&B tracking failed in {len(failed)} trial run(s) (first: {failed[0]}); "
+                      "training and results are unaffected")
 
 
 def _plain(value: Any) -> Any:

@@ -15,13 +15,14 @@ For `idx:` sources the validation split is the last sixth of the IDX training se
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.data.labels import balanced_subset, parse_n_labels
+from pipeline.data.labels import balanced_subset, check_covers_classes, parse_n_labels
 from pipeline.data.sources import DatasetName, RawDataset, fetch_raw, parse_name
 from pipeline.data.store import (
     FORMAT_VERSION,
@@ -52,18 +53,21 @@ def prepare_dataset(source: str, data_dir: Path | None = None, force: bool = Fal
     """Turn a dataset ('mnist' or 'idx:/path') into verified Parquet and return its folder."""
     dataset, root = parse_name(source), _root(data_dir)
     final = root / dataset.dir_name
-    if not force and _is_valid(final, dataset, root):
+    if not force and _is_prepared(final, dataset, root):
         return final
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the data directory {root} ({err})", "pass a writable --data-dir") from None
-    with dataset_lock(root, dataset.dir_name):
-        if not force and _is_valid(final, dataset, root):
-            return final  # another process built it while this one waited for the lock
-        remove_leftovers(root, dataset.dir_name)  # safe: whoever left them no longer holds the lock
-        raw = fetch_raw(dataset, root / "downloads")
-        build_atomically(final, lambda tmp: _write_dataset(tmp, dataset, raw))
+    try:
+        with dataset_lock(root, dataset.dir_name):
+            if not force and _is_prepared(final, dataset, root):
+                return final  # another process built it while this one waited for the lock
+            remove_leftovers(root, dataset.dir_name)  # safe: whoever left them no longer holds the lock
+            raw = fetch_raw(dataset, root / "downloads")
+            build_atomically(final, lambda tmp: _write_dataset(tmp, dataset, raw))
+    except OSError as err:  # build_atomically has removed its temp dir and left any previous copy in place
+        raise _write_error(err, final) from None
     return final
 
 
@@ -85,6 +89,8 @@ def load_label_split(name: str, n_labels: int | str, seed: int, data_dir: Path |
         raise UserError(f"the label-split seed must be a whole number, not {seed!r}", "set seed to e.g. 0")
     if count is None:
         return np.arange(manifest["splits"]["train"]["rows"], dtype=np.int64)
+    # Checked here too, not only in balanced_subset: a split recorded by an older version would skip it.
+    check_covers_classes(count, len(manifest["splits"]["train"].get("label_counts", {})))
     key = f"labels-{count}-seed{int(seed)}"
     if key in manifest.get("label_splits", {}):
         file = manifest["label_splits"][key]["file"]
@@ -125,15 +131,31 @@ def _open(name: str, data_dir: Path | None) -> tuple[Path, dict[str, Any], str]:
     return directory, manifest, rebuild
 
 
-def _is_valid(final: Path, dataset: DatasetName, root: Path) -> bool:
+def _is_prepared(final: Path, dataset: DatasetName, root: Path) -> bool:
+    """Whether `final` holds a prepared dataset, every checksum verified in full; a mismatch is a UserError."""
     rebuild = _rebuild_hint(dataset, root)
-    try:
-        manifest = read_manifest(final, rebuild)
-        if manifest is not None:
-            verify_files(final, manifest, sorted(manifest["files"]), rebuild)
-    except (UserError, KeyError, TypeError):
+    manifest = read_manifest(final, rebuild)
+    if manifest is None:
         return False
-    return manifest is not None
+    # A prepared copy that fails verification is refused, not rebuilt: it may be data the user put there.
+    try:
+        verify_files(final, manifest, sorted(manifest["files"]), rebuild, full=True)
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"{final / MANIFEST} is damaged (its file list cannot be read)", rebuild) from None
+    return True
+
+
+def _write_error(err: OSError, final: Path) -> UserError:
+    """One line for an OS error while building a dataset: the path, the OS's reason, and what to do."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    unchanged = "; any previously prepared copy is unchanged"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return UserError(f"ran out of disk space writing {final} ({reason})",
+                         "free disk space (or raise the file-size limit) or pass a --data-dir on a disk with room"
+                         + unchanged)
+    # Not err.filename: that is often a temp dir that no longer exists, or None for writes through a handle.
+    return UserError(f"cannot write to the data directory {final.parent} ({reason})",
+                     "make the data directory writable or pass a writable --data-dir" + unchanged)
 
 
 def _write_dataset(directory: Path, dataset: DatasetName, raw: RawDataset) -> None:

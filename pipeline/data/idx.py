@@ -36,15 +36,19 @@ def find_idx_file(directory: Path, stem: str) -> Path:
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """One IDX file as a uint8 array of `ndim` dimensions; a UserError naming the file if it is malformed."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise _bad(path, f"cannot be read ({err.strerror or err})") from None
     if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the name's suffix
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
             raise _bad(path, f"is not a valid gzip file ({err})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE or raw[3] != ndim:
-        found = raw[:4].hex() if len(raw) >= 4 else "too short"
-        raise _bad(path, f"has the wrong magic number {found} (expected 000008{ndim:02x}, unsigned bytes)")
+    if len(raw) < 4:
+        raise _bad(path, f"is too short to be an IDX file ({len(raw)} bytes)")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE or raw[3] != ndim:
+        raise _bad(path, f"has the wrong magic number {raw[:4].hex()} (expected 000008{ndim:02x}, unsigned bytes)")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise _bad(path, "is truncated inside its header")
@@ -69,6 +73,7 @@ def read_idx_dir(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise _bad(label_path, f"has {len(labels)} labels but {image_path.name} has {len(images)} images")
     if arrays["train_images"][1].shape[1:] != arrays["test_images"][1].shape[1:]:
         raise _bad(arrays["test_images"][0], "has a different image size than the training images")
+    _check_class_ids(*arrays["train_labels"], *arrays["test_labels"])
     train_x, train_y = arrays["train_images"][1], arrays["train_labels"][1].astype(np.int64)
     n_val = min(MAX_VALIDATION, int(len(train_x) * VALIDATION_FRACTION))
     cut = len(train_x) - n_val
@@ -77,6 +82,22 @@ def read_idx_dir(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "validation": (train_x[cut:], train_y[cut:]),
         "test": (arrays["test_images"][1], arrays["test_labels"][1].astype(np.int64)),
     }
+
+
+def _check_class_ids(train_path: Path, train: np.ndarray, test_path: Path, test: np.ndarray) -> None:
+    """Labels must be class ids 0..K-1, each used in training: a stray value (200 among 0-9) is damage."""
+    if len(train) == 0:
+        return
+    present = np.flatnonzero(np.bincount(train))
+    missing = np.setdiff1d(np.arange(present[-1] + 1), present)
+    if missing.size:
+        stray = int(present[present > missing[0]][0])
+        raise _bad(train_path, f"has label {stray} but no label {int(missing[0])}: labels must be class ids "
+                               f"0..K-1 with every class present")
+    unseen = test[test > present[-1]]
+    if unseen.size:
+        raise _bad(test_path, f"has label {int(unseen[0])}, a class the training labels (0..{int(present[-1])}) "
+                              "never use")
 
 
 def _bad(path: Path, problem: str) -> UserError:

@@ -21,9 +21,20 @@ def parse_n_labels(n_labels: int | str) -> int | None:
     return count
 
 
+def check_covers_classes(n_labels: int, n_classes: int) -> None:
+    """Refuse a label count below the class count: a balanced subset needs at least one label per class."""
+    if n_labels < n_classes:
+        raise UserError(f"{n_labels} labelled examples cannot be balanced over the training split's {n_classes} "
+                        "classes: a balanced subset needs at least one per class",
+                        f"use at least {n_classes} labels or 'all'")
+
+
 def balanced_subset(labels: np.ndarray, n_labels: int, seed: int) -> np.ndarray:
     """Sorted int64 indices of `n_labels` examples, equal per class; leftovers go to seed-chosen classes."""
+    if parse_n_labels(n_labels) is None:  # parse_n_labels refuses 0, negatives and non-integers in one line
+        raise ValueError("balanced_subset needs a count: for 'all' take every index")
     classes, available = np.unique(labels, return_counts=True)
+    check_covers_classes(n_labels, len(classes))
     if n_labels > len(labels):
         raise UserError(f"asked for {n_labels} labelled examples but the training split has {len(labels)}",
                         f"use at most {len(labels)} labels or 'all'")

@@ -102,8 +102,10 @@ def read_manifest(directory: Path, rebuild: str) -> dict[str, Any] | None:
     return manifest
 
 
-def verify_files(directory: Path, manifest: dict[str, Any], names: list[str], rebuild: str) -> None:
-    """Check sizes always and checksums unless this exact file (size, mtime, inode) was checked before."""
+def verify_files(
+    directory: Path, manifest: dict[str, Any], names: list[str], rebuild: str, full: bool = False
+) -> None:
+    """Check sizes always, checksums unless this file (size, mtime, inode) was checked before or `full` is set."""
     for name in names:
         expected = manifest["files"].get(name)
         path = directory / name
@@ -115,7 +117,7 @@ def verify_files(directory: Path, manifest: dict[str, Any], names: list[str], re
             raise UserError(f"{path} has {stat.st_size} bytes, its manifest says {expected and expected['bytes']}"
                             " (truncated or replaced)", rebuild)
         key = (stat.st_size, stat.st_mtime_ns, stat.st_ino, expected["sha256"])
-        if _verified.get(str(path)) == key or _disk_cache(directory).get(name) == list(key):
+        if not full and (_verified.get(str(path)) == key or _disk_cache(directory).get(name) == list(key)):
             _verified[str(path)] = key
             continue
         if sha256_file(path) != expected["sha256"]:

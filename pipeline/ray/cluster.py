@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
@@ -44,34 +48,93 @@ def plan_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float 
     return WorkerResources(workers=workers, cpus=cpus_per_worker, gpus=gpus_per_worker, threads=threads)
 
 
-def connect(address: str | None, plan: WorkerResources, extra_cpus: float = 0.0) -> None:
-    """Start a local Ray sized for the plan, or join the cluster at `address`; fail fast if it cannot fit."""
+def connect(address: str | None, plan: WorkerResources) -> None:
+    """Start a private local Ray sized for the plan, or join the cluster at `address`; fail fast if it cannot fit."""
     import ray
 
     quiet_ray_environment()
     if ray.is_initialized():
-        check_capacity(plan, extra_cpus)
+        check_capacity(plan)
         return
-    common = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
     if address:
-        _probe(address)
-        try:
-            ray.init(address=address, **common)
-        except Exception as err:  # Ray raises ConnectionError, RuntimeError or its own types here
-            raise UserError(
-                f"cannot reach the Ray cluster at {address} ({type(err).__name__}: {str(err).splitlines()[0][:160]})",
-                "start the cluster (docker compose up) or check --address host:port",
-            ) from None
+        _join(address)
     else:
-        needed = plan.workers * plan.cpus + extra_cpus
-        gpus = _local_gpus()
+        check_local_fit(plan)
+        needed = plan.workers * plan.cpus
+        # address="local": always a private instance. Without it ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (even a dead one, whose stale record then breaks every run).
         ray.init(
+            address="local",
             num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
-            num_gpus=gpus,
+            num_gpus=_local_gpus(),
             include_dashboard=False,
-            **common,
+            **_INIT_OPTIONS,
         )
-    check_capacity(plan, extra_cpus)
+    check_capacity(plan)
+
+
+_INIT_OPTIONS = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+_UNREACHABLE_FIX = "start the cluster (`ray start --head`, or docker compose up) or check --address host:port"
+
+
+def _join(address: str) -> None:
+    """Join the cluster at `address`, sending this machine's Ray token when there is one."""
+    import ray
+
+    _probe(address)
+    token_sent = _use_token_if_available()
+    with _stderr_captured() as captured:
+        try:
+            ray.init(address=address, **_INIT_OPTIONS)
+            return
+        except Exception as err:  # Ray raises ConnectionError, RuntimeError or its own types here
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    # Ray's C++ client says why on stderr (captured above), not in the exception.
+    if "Unauthenticated" in captured.text or "InvalidAuthToken" in captured.text:
+        raise UserError(
+            f"the Ray cluster at {address} refused this client's authentication token"
+            if token_sent else f"the Ray cluster at {address} requires token authentication and no token was found",
+            "give this process the cluster's token: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN=<token> or "
+            "RAY_AUTH_TOKEN_PATH=<file> (on the head machine `ray get-auth-token` prints it)",
+        )
+    raise UserError(f"cannot reach the Ray cluster at {address} ({reason})", _UNREACHABLE_FIX)
+
+
+def _use_token_if_available() -> bool:
+    """Send the token of a token-authenticated head (Ray 2.60's default for `ray start --head`).
+
+    Ray turns token mode on by itself only for clusters it finds on its own, never for an explicit address,
+    so `run --address` to a head on this machine would be refused. A head without authentication accepts a
+    token too. RAY_AUTH_MODE, when the user set it, is respected."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[_Captured]:
+    """Collect what native code writes to file descriptor 2 during the block (Ray's C++ client retries loudly)."""
+    captured = _Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read().decode(errors="replace")
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:
@@ -86,9 +149,47 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise UserError(
-            f"cannot reach the Ray cluster at {address} ({err.strerror or err})",
-            "start the cluster (docker compose up) or check --address host:port",
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err})", _UNREACHABLE_FIX,
         ) from None
+
+
+# More workers than this per core only add processes that take turns on the same cores (and memory each).
+MAX_LOCAL_WORKERS_PER_CORE = 4
+# What one local training worker holds: torch, the Ray worker and MNIST as floats (measured: 1.35 GiB RSS).
+WORKER_MEMORY_BYTES = 3 << 29  # 1.5 GiB
+
+
+def check_local_fit(plan: WorkerResources) -> None:
+    """Refuse, before any worker starts, a local run that asks for more workers than this machine can hold."""
+    cores = os.cpu_count() or 1
+    limit = MAX_LOCAL_WORKERS_PER_CORE * cores
+    if plan.workers > limit:
+        raise UserError(
+            f"{plan.workers} workers on this machine's {cores} cores is more than the {limit} a local run allows "
+            f"({MAX_LOCAL_WORKERS_PER_CORE} per core)",
+            f"use --workers {min(limit, 2 * cores)} or fewer, or join a larger Ray cluster with --address",
+        )
+    available = _available_memory()
+    if available is not None and plan.workers * WORKER_MEMORY_BYTES > available:
+        fit = max(1, available // WORKER_MEMORY_BYTES)
+        raise UserError(
+            f"{plan.workers} workers need about {plan.workers * WORKER_MEMORY_BYTES / 2**30:.0f} GiB of memory "
+            f"(about {WORKER_MEMORY_BYTES / 2**30:g} GiB each) but this machine has "
+            f"{available / 2**30:.1f} GiB available",
+            f"use --workers {fit} or fewer, or join a larger Ray cluster with --address",
+        )
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _local_gpus() -> int:
@@ -97,13 +198,13 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_capacity(plan: WorkerResources, extra_cpus: float = 0.0) -> None:
+def check_capacity(plan: WorkerResources) -> None:
     """Refuse a run the cluster can never schedule, instead of letting it wait forever."""
     import ray
 
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    need_cpus = plan.workers * plan.cpus + extra_cpus
+    need_cpus = plan.workers * plan.cpus
     need_gpus = plan.workers * plan.gpus
     if need_gpus > gpus:
         raise UserError(
@@ -116,6 +217,18 @@ def check_capacity(plan: WorkerResources, extra_cpus: float = 0.0) -> None:
             f"{cpus:g}",
             "use fewer --workers, lower run.cpus_per_worker, or add worker nodes",
         )
+
+
+def trials_that_fit(plan: WorkerResources) -> int:
+    """How many trials of `plan` workers the connected cluster holds at once."""
+    import ray
+
+    total = ray.cluster_resources()
+    per_trial_cpus = plan.workers * plan.cpus
+    fits = int(total.get("CPU", 0.0) // per_trial_cpus) if per_trial_cpus else 1
+    if plan.gpus:
+        fits = min(fits, int(total.get("GPU", 0.0) // (plan.workers * plan.gpus)))
+    return max(1, fits)
 
 
 def shutdown() -> None:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+from ray.train import TrainingFailedError
+
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.ray.cluster import WorkerResources
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.tracking import NullTracker, Tracker, dataset_artifact, make_tracker
 
 # Tests set this to "epoch:step:rank" to SIGKILL one worker once and watch the run recover.
 FAULT_ENV = "AAE_INJECT_FAULT"
+PLACEMENT_GROUP_FILE = "ray/placement-group.txt"  # the workers' placement group, written by rank 0
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -37,6 +42,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     config = Config.model_validate(loop_config["config"])
     run = RunDir(Path(loop_config["run_dir"]))
+    if worker.rank == 0:
+        record_placement_group(run)
     # Only rank 0 tracks (Ray's setup_wandb(rank_zero_only=True) misbehaves under Train V2); others get a no-op.
     tracker = start_train_tracking(config, run) if worker.rank == 0 else NullTracker()
 
@@ -89,7 +96,91 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
-    trainer.fit()
+    try:
+        _fit_interruptibly(trainer)
+    except TrainingFailedError as err:
+        cause = worker_cause(err)
+        if isinstance(cause, UserError):
+            raise cause from None  # e.g. corrupt data found by a worker: one line, exit 2, like the driver's own
+        if cause is not None:
+            raise WorkerFailed(cause) from err
+        raise
+
+
+def _fit_interruptibly(trainer: Any) -> None:
+    """trainer.fit() in a helper thread, so that Ctrl-C reaches this process as KeyboardInterrupt.
+
+    In the main thread Ray Train installs its own SIGINT handler, which ends the process with SystemExit and
+    stays installed afterwards; off the main thread it leaves signals alone (as it does under Tune). On
+    Ctrl-C the driver exits and Ray ends the workers it owns; the checkpoints on disk are what a resume uses."""
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # handed to the waiting thread, which re-raises it
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def record_placement_group(run: RunDir) -> None:
+    """Note the worker group's placement group in the run directory, for `release_placement_group`."""
+    from ray.util import get_current_placement_group
+
+    group = get_current_placement_group()
+    if group is not None:
+        atomic_write_text(run.path / PLACEMENT_GROUP_FILE, group.id.hex())
+
+
+def release_placement_group(run: RunDir) -> bool:
+    """Remove the placement group a trainer in `run` left behind; True if there was one to remove.
+
+    Workaround (Ray 2.60, Train V2): when Tune stops a trial that drives a TorchTrainer (finished, stopped
+    early by ASHA, failed), it kills the trial's process before the trainer's controller removes its
+    placement group. Train's own cleaner actor cannot tell the controller died without the dashboard's state
+    API, so the group stays, holding its CPUs, and the next trial waits for them forever."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    path = run.path / PLACEMENT_GROUP_FILE
+    try:
+        group_id = path.read_text().strip()
+    except OSError:
+        return False
+    group = PlacementGroup(ray.PlacementGroupID.from_hex(group_id))
+    if placement_group_table(group).get("state") in (None, "REMOVED"):
+        return False
+    remove_placement_group(group)
+    return True
+
+
+class WorkerFailed(RuntimeError):
+    """A training worker raised: carries the worker's own exception, so its first line reaches the terminal."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"a training worker failed: {type(cause).__name__}: {_first_line(cause)}")
+
+
+def worker_cause(err: BaseException) -> BaseException | None:
+    """The exception a worker raised, unwrapped from Ray Train's WorkerGroupError and Ray's task-error wrapper."""
+    failures = getattr(err, "worker_failures", None) or {}
+    if not failures:
+        return None
+    cause = failures[min(failures)]
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError.cause
+        cause = cause.cause
+    return cause
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def _fault_from_env(run: RunDir) -> dict[str, Any] | None:

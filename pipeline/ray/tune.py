@@ -4,6 +4,7 @@ named after the trial (several workers). The sweep's logic (spaces, metric, resu
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from pipeline.ray import trainer
 from pipeline.ray.cluster import WorkerResources
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text
 from pipeline.search_space import SearchSpace, decode_params, encoded_values
+from pipeline.training import DIVERGED_FILE
 
-# A trial that only drives a TorchTrainer needs almost no CPU itself; asking for a whole one is what
-# deadlocks a 2-core machine (the trial holds the CPU its own workers wait for).
-TRIAL_CPU_WITH_TRAINER = 0.01
+# A trial that only drives a TorchTrainer holds no CPU: its workers ask for theirs. Asking for even a sliver of
+# one deadlocks a 2-core machine (the trial holds the CPU its own workers wait for) and keeps a 4-CPU cluster
+# to one 2-worker trial at a time. Tune refuses an empty request, hence one byte of memory.
+TRIAL_RESOURCES_WITH_TRAINER = {"CPU": 0, "memory": 1}
 TUNE_NAME = "tune"  # Tune's experiment folder inside <sweep>/ray/
 
 
@@ -32,6 +35,7 @@ class TrialSetup:
     space: SearchSpace
     plan: WorkerResources  # the workers of one trial
     threads: int  # torch threads of an in-process trial
+    metric: str  # what trials are ranked by
 
 
 def trial_run_dir(sweep_dir: Path, trial_id: str) -> RunDir:
@@ -55,8 +59,14 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
 
         # The trainer's rank 0 tracks this trial itself (W&B job type "train", grouped by the trial's run dir).
         trainer.fit(config, run, setup.plan, name=trial_id, callbacks=[TuneReportCallback()])
-        return
-    _train_in_process(config, run, setup, trial_id)
+    else:
+        _train_in_process(config, run, setup, trial_id)
+    diverged = run.path / DIVERGED_FILE
+    if diverged.exists():
+        # Training stopped on NaN losses, maybe before any epoch was reported; Tune needs the metric once,
+        # and a diverged trial ranks last.
+        epoch = json.loads(diverged.read_text())["epoch"]
+        tune.report({setup.metric: float("inf"), "epoch": epoch, "diverged": 1})
 
 
 def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str) -> None:
@@ -89,7 +99,7 @@ def trainable(setup: TrialSetup) -> Any:
         run_trial(params, setup)
 
     if setup.plan.workers > 1:
-        resources = {"CPU": TRIAL_CPU_WITH_TRAINER}
+        resources = TRIAL_RESOURCES_WITH_TRAINER
     else:
         resources = {"CPU": setup.plan.cpus, **({"GPU": setup.plan.gpus} if setup.plan.gpus else {})}
     return tune.with_resources(aae_trial, resources)
@@ -138,7 +148,7 @@ def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: i
     """A Tuner over the trial function; Tune's own state lands in <sweep>/ray/tune."""
     from ray import tune
 
-    printer = TrialPrinter(metric, epochs, setup.space)
+    callbacks = [TrialPrinter(metric, epochs, setup.space), PlacementGroupReleaser(setup.sweep_dir)]
     return tune.Tuner(
         trainable(setup),
         param_space=param_space(setup.space, options.search),
@@ -154,7 +164,7 @@ def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: i
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_NAME, storage_path=str(Path(setup.sweep_dir) / "ray"), verbose=0, callbacks=[printer]
+            name=TUNE_NAME, storage_path=str(Path(setup.sweep_dir) / "ray"), verbose=0, callbacks=callbacks
         ),
     )
 
@@ -184,6 +194,22 @@ def trial_states(sweep_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+class PlacementGroupReleaser(Callback):
+    """Frees the workers' placement group of every trial Tune ends, so the next trial can be placed.
+
+    See trainer.release_placement_group: without this a sweep of multi-worker trials on a cluster hangs after
+    its first trial."""
+
+    def __init__(self, sweep_dir: str) -> None:
+        self.sweep_dir = Path(sweep_dir)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        trainer.release_placement_group(trial_run_dir(self.sweep_dir, trial.trial_id))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        trainer.release_placement_group(trial_run_dir(self.sweep_dir, trial.trial_id))
+
+
 class TrialPrinter(Callback):
     """One line per finished, stopped or failed trial, instead of Tune's progress tables."""
 
@@ -194,6 +220,8 @@ class TrialPrinter(Callback):
         result = trial.last_result or {}
         done = int(result.get("epoch", 0))
         how = "finished" if done >= self.epochs else f"stopped early after epoch {done}"
+        if result.get("diverged"):
+            how = f"diverged (NaN/inf losses) in epoch {done}"
         value = result.get(self.metric)
         shown = f"{value:.5g}" if isinstance(value, float) else "-"
         console.print(f"trial {trial.trial_id} {how}: {self.metric} {shown}  ({self._params(trial)})")

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.data import load_label_split, prepare_dataset
+from pipeline.data import load_label_split, load_split, prepare_dataset
+from pipeline.data.labels import balanced_subset
 
 
 def prepare(config: Config) -> dict[str, Any]:
@@ -17,4 +18,9 @@ def prepare(config: Config) -> dict[str, Any]:
     if isinstance(config.data.labels, int) and config.data.limit is None:
         labelled = load_label_split(config.data.dataset, config.data.labels, config.data.label_seed, data_dir)
         outputs["labelled"] = len(labelled)
+    elif isinstance(config.data.labels, int):
+        # Drawn here as well as in every worker (the same deterministic draw), so an impossible count for this
+        # data is one line now rather than an error in each worker.
+        train_labels = load_split(config.data.dataset, "train", data_dir)[1][: config.data.limit]
+        outputs["labelled"] = len(balanced_subset(train_labels, config.data.labels, config.data.label_seed))
     return outputs

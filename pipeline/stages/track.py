@@ -11,7 +11,15 @@ from pipeline.progress import console
 from pipeline.rundir import RunDir
 from pipeline.stages.evaluate import EVALUATION_FILE, read_evaluation
 from pipeline.stages.visualize import FIGURE_DIR
-from pipeline.tracking import WANDB_DIR, Tracker, make_tracker, resolve_mode, wandb_run_id
+from pipeline.tracking import (
+    WANDB_DIR,
+    Tracker,
+    make_tracker,
+    recorded_errors,
+    resolve_mode,
+    sync_command,
+    wandb_run_id,
+)
 
 
 def track(config: Config, run: RunDir) -> dict[str, Any]:
@@ -34,7 +42,7 @@ def track(config: Config, run: RunDir) -> dict[str, Any]:
 
 
 def _outputs(tracker: Tracker, run: RunDir) -> dict[str, Any]:
-    """What the manifest records about tracking; prints the upload hint once for offline runs."""
+    """What the manifest records about tracking, errors included: the driver prints them (a task's output is lost)."""
     if tracker.mode == "disabled":
         return {"wandb_mode": "disabled"}
     wandb_dir = run.path / WANDB_DIR
@@ -44,10 +52,13 @@ def _outputs(tracker: Tracker, run: RunDir) -> dict[str, Any]:
         "wandb_group": run.path.name,
         "wandb_runs": [wandb_run_id(run, "train"), wandb_run_id(run, "evaluate")],
     }
+    train_error = recorded_errors(run.path).get("train")  # left by Ray Train's rank 0
+    if train_error:
+        outputs["wandb_train_error"] = train_error
     if tracker.error:
         outputs["wandb_error"] = tracker.error
     elif tracker.mode == "offline":
-        outputs["wandb_sync"] = f"wandb sync -n 1 {wandb_dir}/offline-run-*"  # one at a time: producers first
+        outputs["wandb_sync"] = sync_command(run.path)
         console.print(f"W&B runs saved offline; upload them later with: {outputs['wandb_sync']}")
     return outputs
 

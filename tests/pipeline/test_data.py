@@ -174,10 +174,14 @@ def test_file_changed_after_a_verified_load_is_checked_again(prepared) -> None:
         load_split(name, "test", data_dir=data_dir)
 
 
-def test_prepare_without_force_rebuilds_a_corrupted_dataset(prepared) -> None:
+def test_prepare_refuses_a_corrupted_dataset_and_force_rebuilds_it(prepared) -> None:
     path = _train_file(prepared)
     path.write_bytes(b"junk")
-    prepare_dataset(prepared[0], data_dir=prepared[1])
+    # Not rebuilt silently: the copy may be data the user put there.
+    with pytest.raises(UserError, match="train.parquet.*truncated") as err:
+        prepare_dataset(prepared[0], data_dir=prepared[1])
+    assert "--force" in str(err.value)
+    prepare_dataset(prepared[0], data_dir=prepared[1], force=True)
     assert len(load_split(prepared[0], "train", data_dir=prepared[1])[1]) == 50
 
 

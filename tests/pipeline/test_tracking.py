@@ -14,7 +14,7 @@ from matplotlib.image import imsave
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
 from pipeline.stages.track import track
-from pipeline.tracking import NullTracker, WandbTracker, make_tracker, resolve_mode, wandb_run_id
+from pipeline.tracking import NullTracker, WandbTracker, make_tracker, recorded_errors, resolve_mode, wandb_run_id
 from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import run_cli, sets
 from tests.wandb_offline import OfflineRun, find_offline_runs
@@ -151,6 +151,8 @@ def test_training_completes_when_wandb_cannot_start(synthetic_dataset, tmp_path,
     assert [row["epoch"] for row in reported] == [1]
     assert (run.checkpoint_dir / "best.pt").exists()
     assert capsys.readouterr().out.count("W&B tracking stopped") == 1
+    # A Ray worker's print never reaches the user: the error is also left for the driver to report.
+    assert recorded_errors(run.path) == {"train": "init: ConnectionError offline"}
 
 
 def test_disabled_tracking_creates_nothing(tmp_path) -> None:
