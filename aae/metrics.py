@@ -138,6 +138,39 @@ def clustering_report(
     }
 
 
+# --- degeneracy diagnostics ---------------------------------------------------------------------------
+
+# A category counts as used when it takes at least this share of the examples (0.5%).
+USED_SHARE = 0.005
+
+
+def category_usage(probs: ArrayLike, min_share: float = USED_SHARE) -> dict[str, float]:
+    """How many categories argmax q(y|x) uses (each >= min_share of the rows) and the entropy (nats) of the
+    predicted-category histogram; a collapsed head uses few and has low entropy (log m when uniform)."""
+    p = _to_numpy(probs)
+    counts = np.bincount(p.argmax(1), minlength=p.shape[1]).astype(np.float64)
+    share = counts / max(counts.sum(), 1.0)
+    nonzero = share[share > 0]
+    return {"clusters_used": int((share >= min_share).sum()), "y_entropy": float(-(nonzero * np.log(nonzero)).sum())}
+
+
+def spread_ratio(codes: ArrayLike, prior_std: float) -> float:
+    """The codes' standard deviation (averaged over dimensions) relative to the prior's: 1 when matched."""
+    return float(_to_numpy(codes).std(0).mean() / prior_std)
+
+
+def degeneracy_signs(clusters_used: float | None, n_categories: int | None, z_std_ratio: float | None
+                     ) -> list[str]:
+    """What marks a degenerate model: fewer than 3/4 of the categories used, or a style spread more than 3x
+    (or under 1/3 of) its prior's. Empty for a healthy model."""
+    signs = []
+    if clusters_used is not None and n_categories and clusters_used < 0.75 * n_categories:
+        signs.append(f"only {int(clusters_used)} of {n_categories} categories used")
+    if z_std_ratio is not None and not 1 / 3 <= z_std_ratio <= 3:
+        signs.append(f"style codes spread {z_std_ratio:.2g}x their prior's std")
+    return signs
+
+
 # --- generative quality -------------------------------------------------------------------------------
 
 

@@ -79,7 +79,7 @@ class Encoder(nn.Module):
 
     def __init__(self, input_dim: int, code_dim: int, hidden: Sequence[int] = (1000, 1000),
                  kind: str = "deterministic", logits_dim: int = 0, network: str = "mlp",
-                 init_std: float = 0.01, noise_dim: int = 16) -> None:
+                 init_std: float = 0.01, noise_dim: int = 16, logits_batchnorm: bool = False) -> None:
         super().__init__()
         if kind not in ENCODER_KINDS or network not in NETWORKS:
             raise ValueError(f"encoder kind must be one of {ENCODER_KINDS}, network one of {NETWORKS}")
@@ -91,6 +91,9 @@ class Encoder(nn.Module):
         self.code_head = nn.Linear(width, 2 * code_dim if kind == "gaussian" else code_dim)
         self.logits_head = nn.Linear(width, logits_dim) if logits_dim else None
         init_weights(self, init_std)
+        # Each category's logit normalised over the batch: every category gets the same batch statistics, so
+        # argmax cannot settle on a few categories (the learnable scale still lets softmax(y) sharpen).
+        self.logits_norm = nn.BatchNorm1d(logits_dim) if logits_dim and logits_batchnorm else None
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> EncoderOutput:
         """Encode a batch; `generator` drives the posterior / input noise (CPU draws, moved to x's device)."""
@@ -99,6 +102,8 @@ class Encoder(nn.Module):
             x = torch.cat([x.flatten(1), noise], 1)
         h = self.trunk(x)
         logits = None if self.logits_head is None else self.logits_head(h)
+        if self.logits_norm is not None:
+            logits = self.logits_norm(logits)
         out = self.code_head(h)
         if self.kind != "gaussian":
             return EncoderOutput(code=out, logits=logits)

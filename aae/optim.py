@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ class OptimConfig:
     decay_epochs: tuple[int, ...] = (50, 1000)
     decay_factor: float = 0.1
     adam_betas: tuple[float, float] = (0.5, 0.999)
+    clip_grad_norm: dict[str, float] = field(default_factory=dict)  # phase -> max gradient norm; absent = off
 
     def __post_init__(self) -> None:
         if self.kind not in DEFAULT_LR:
@@ -56,6 +57,10 @@ class OptimConfig:
                 raise ValueError(f"{prefix}_lr must be positive")
         if not 0 < self.decay_factor <= 1:
             raise ValueError("decay_factor must be in (0, 1]")
+        self.clip_grad_norm = {phase: float(norm) for phase, norm in self.clip_grad_norm.items() if norm is not None}
+        for phase, norm in self.clip_grad_norm.items():
+            if phase not in PHASES or norm <= 0:
+                raise ValueError(f"clip_grad_norm needs phases from {PHASES} and positive norms, got {phase}={norm}")
 
     def lr(self, phase: str) -> float:
         """The initial learning rate of `phase`."""
@@ -73,4 +78,7 @@ def build_optimizer(params: list[nn.Parameter], config: OptimConfig, phase: str
         optimizer: Optimizer = torch.optim.SGD(params, lr=config.lr(phase), momentum=config.momentum(phase))
     else:
         optimizer = torch.optim.Adam(params, lr=config.lr(phase), betas=config.adam_betas)
+    # Read by aae.phases.optimizer_step; an attribute rather than a param-group entry, so a checkpoint's
+    # optimiser state (restored after the optimisers are rebuilt from this config) cannot drop it.
+    optimizer.clip_grad_norm = config.clip_grad_norm.get(phase)  # type: ignore[attr-defined]
     return optimizer, MultiStepLR(optimizer, milestones=list(config.decay_epochs), gamma=config.decay_factor)

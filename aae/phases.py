@@ -31,11 +31,16 @@ class Critic:
 
 
 def optimizer_step(loss: Tensor, optimizer: Optimizer, grad_sync: GradSync | None = None) -> float:
-    """zero_grad, backward, grad_sync (if set), step; returns the loss as a float."""
+    """zero_grad, backward, grad_sync (if set), clip (if the optimiser has a clip_grad_norm), step; returns
+    the loss as a float."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if grad_sync is not None:
-        grad_sync([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
+        grad_sync(params)
+    max_norm = getattr(optimizer, "clip_grad_norm", None)
+    if max_norm is not None:  # after the all-reduce, so every worker clips the same averaged gradient
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
     return loss.item()
 

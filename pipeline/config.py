@@ -68,6 +68,15 @@ class PhaseMomenta(Strict):
     supervised: float | None = Field(None, ge=0, lt=1)
 
 
+class PhaseClips(Strict):
+    """Largest gradient norm per phase (null: no clipping), applied after the workers' gradients are averaged."""
+
+    reconstruction: float | None = Field(None, gt=0)
+    discriminator: float | None = Field(None, gt=0)
+    generator: float | None = Field(None, gt=0)
+    supervised: float | None = Field(None, gt=0)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(100, gt=0)
@@ -75,6 +84,7 @@ class TrainConfig(Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: PhaseRates = Field(default_factory=PhaseRates)
     momentum: PhaseMomenta = Field(default_factory=PhaseMomenta)
+    clip_grad_norm: PhaseClips = Field(default_factory=PhaseClips)
     decay_epochs: list[int] = Field(default_factory=lambda: [50, 1000])
     decay_factor: float = Field(0.1, gt=0, le=1)
     labelled_batch_size: int = Field(100, gt=0)

@@ -61,6 +61,10 @@ def format_epoch(row: dict[str, Any], total_epochs: int) -> str:
         val = f"val cluster error {row['val/cluster_error']:.2f}%"
     else:
         val = f"val bce {row.get('val/recon_bce', 0):.2f}"
+    if "val/clusters_used" in row:
+        val += f"  {int(row['val/clusters_used'])} categories used"
+    if "val/z_std_ratio" in row:
+        val += f"  z spread {row['val/z_std_ratio']:.2f}x prior"
     return (
         f"epoch {int(row['epoch']):>3}/{total_epochs}  {losses}  [bold]{val}[/bold]  "
         f"{row.get('time/epoch_s', 0):.1f}s  {row.get('time/examples_per_s', 0):.0f} ex/s"

@@ -19,7 +19,13 @@ import torch
 import torch.distributed as dist
 
 from aae.batch import Batch
-from aae.metrics import classification_error, cluster_error_majority, reconstruction_errors
+from aae.metrics import (
+    category_usage,
+    classification_error,
+    cluster_error_majority,
+    reconstruction_errors,
+    spread_ratio,
+)
 from aae.optim import OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
@@ -99,6 +105,7 @@ def optim_config(config: Config) -> OptimConfig:
         supervised_momentum=train.momentum.supervised,
         decay_epochs=tuple(train.decay_epochs),
         decay_factor=train.decay_factor,
+        clip_grad_norm=train.clip_grad_norm.model_dump(exclude_none=True),
     )
 
 
@@ -242,6 +249,10 @@ def validate(model: AAEModel, data: TrainingData, ctx: WorkerContext) -> dict[st
             out["val/error"] = classification_error(probs, data.y_val)
         else:
             out["val/cluster_error"] = cluster_error_majority(probs, data.y_val, probs, data.y_val)
+        out.update({f"val/{key}": value for key, value in category_usage(probs).items()})
+    styles = [model.style(chunk) for chunk in x.split(1000)]
+    if styles[0] is not None:
+        out["val/z_std_ratio"] = spread_ratio(torch.cat([codes for codes, _ in styles]).cpu(), styles[0][1])
     recon = torch.cat([model.reconstruction(xs, ys) for xs, ys in zip(x.split(1000), y.split(1000), strict=True)])
     out["val/recon_bce"] = reconstruction_errors(x, recon)["recon_bce"]
     model.train()

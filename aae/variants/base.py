@@ -117,6 +117,11 @@ class AAEModel(nn.Module):
         """What classify() predicts: "classes" (trained on labels), "clusters" (unsupervised), or None."""
         return None
 
+    def style(self, x: Tensor) -> tuple[Tensor, float] | None:
+        """The style codes of x and the std of their Gaussian prior (for the spread diagnostic); None for
+        models whose code has no Gaussian prior."""
+        return None
+
     def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Pixel probabilities of x passed through the autoencoder (labels only for label-fed decoders)."""
         return self.decode(self.encode(x))

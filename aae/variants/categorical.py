@@ -25,6 +25,7 @@ class CategoricalConfig(AdversarialConfig):
 
     z_dim: int = 10
     z_prior_std: float = 5.0
+    y_batchnorm: bool = False  # BatchNorm on the y logits (not in the paper; see aae.networks.Encoder)
 
 
 class CategoricalAAE(AAEModel):
@@ -39,7 +40,7 @@ class CategoricalAAE(AAEModel):
         self.y_prior = CategoricalPrior(n_categories)
         self.z_prior = GaussianPrior(c.z_dim, c.z_prior_std)
         self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, logits_dim=n_categories,
-                               network=c.network, init_std=c.init_std)
+                               network=c.network, init_std=c.init_std, logits_batchnorm=c.y_batchnorm)
         self.decoder = Decoder(representation_dim, c.input_dim, c.hidden, c.network, c.init_std)
         self.disc_y = discriminator(n_categories, c.disc_hidden, c.init_std)
         self.disc_z = discriminator(c.z_dim, c.disc_hidden, c.init_std)
@@ -97,6 +98,10 @@ class CategoricalAAE(AAEModel):
     def classify(self, x: Tensor) -> Tensor:
         """q(y|x): class (or cluster) probabilities."""
         return self.infer(x).logits.softmax(1)
+
+    def style(self, x: Tensor) -> tuple[Tensor, float]:
+        """z, whose prior is N(0, z_prior_std² I)."""
+        return self.infer(x).code, self.z_prior.std
 
     def encode(self, x: Tensor) -> Tensor:
         """The decoder's input for each row: representation(softmax(y), z)."""

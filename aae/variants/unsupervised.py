@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from aae.batch import Batch
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase
-from aae.priors import build_prior
+from aae.priors import GaussianPrior, build_prior
 from aae.variants.base import AAEModel, AdversarialConfig
 
 
@@ -59,6 +59,10 @@ class UnsupervisedAAE(AAEModel):
         (gen,) = generator_phase([Critic(self.discriminator, None, self.encoder(x, rng).code)],
                                  self.optimizer("generator"), self.grad_sync, c.disc_noise_std, rng)
         return {"recon_loss": recon, "disc_loss": disc, "gen_loss": gen}
+
+    def style(self, x: Tensor) -> tuple[Tensor, float] | None:
+        """The code and its prior's std where the prior is Gaussian."""
+        return (self.infer(x).code, self.prior.std) if isinstance(self.prior, GaussianPrior) else None
 
     def encode(self, x: Tensor) -> Tensor:
         """z for each row of x."""

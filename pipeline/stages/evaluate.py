@@ -97,8 +97,22 @@ def dim_reduction(inputs: Inputs) -> Outcome:
     return outcome
 
 
+def degeneracy(inputs: Inputs) -> Outcome:
+    """The collapse diagnostics on the test set: categories used and their entropy (models with a y head),
+    the style codes' spread relative to their prior (models with a Gaussian style prior)."""
+    model, x = inputs.model, inputs.test.x
+    metrics: dict[str, float] = {}
+    if model.y_head is not None:
+        usage = m.category_usage(batched(model.classify, x))
+        metrics.update({f"test/{key}": value for key, value in usage.items()})
+    styles = [model.style(chunk) for chunk in x.split(CHUNK)]
+    if styles[0] is not None:
+        metrics["test/z_std_ratio"] = m.spread_ratio(torch.cat([codes.cpu() for codes, _ in styles]), styles[0][1])
+    return Outcome(metrics)
+
+
 Evaluation = Callable[[Inputs], Outcome]
-EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen)
+EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy)
 # The one place that says which evaluations a variant gets beyond reconstruction and likelihood.
 # The supervised AAE has no classifier (its decoder is given y), so it gets none.
 EVALUATIONS: dict[str, tuple[Evaluation, ...]] = {

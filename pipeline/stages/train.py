@@ -60,6 +60,9 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
         printer.stop()
     rows = run.read_metrics()
     final = {key: value for key, value in rows[-1].items() if not key.startswith("time/")} if rows else {}
+    warning = degeneracy_warning(config, final)
+    if warning:
+        console.print(f"[bold yellow]{warning}[/bold yellow]")
     best = run.checkpoint_dir / BEST_CHECKPOINT
     outputs = {"metrics": final, "checkpoint": str(best), "epochs": len(rows)}
     diverged = run.path / DIVERGED_FILE
@@ -79,3 +82,22 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
             f"checkpoint so far is evaluated. To train further, lower the learning rates: {advice}[/bold yellow]"
         )
     return outputs
+
+
+def degeneracy_warning(config: Config, final: dict[str, Any]) -> str | None:
+    """The warning for a trained model that collapsed (few categories used, style codes off their prior's
+    scale) on validation data, naming the likely causes and the keys to change; None for a healthy one."""
+    from aae.metrics import degeneracy_signs
+    from aae.variants import build_model
+
+    n_categories = getattr(build_model(config.model.variant, config.model.params), "n_categories", None)
+    signs = degeneracy_signs(final.get("val/clusters_used"), n_categories, final.get("val/z_std_ratio"))
+    if not signs:
+        return None
+    return (
+        f"warning: the model looks degenerate on validation data ({'; '.join(signs)}). Likely causes: the "
+        "adversarial regularisation lost to reconstruction, so the style code carries what the categories or the "
+        "prior should. Keys to try: model.params.y_batchnorm=true (categories), model.params.z_prior_std, "
+        "model.params.disc_noise_std, train.lr.generator and train.lr.discriminator, train.clip_grad_norm.*, "
+        "more epochs."
+    )

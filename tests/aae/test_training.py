@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
 
+from aae.metrics import category_usage
 from aae.optim import OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
@@ -78,6 +79,25 @@ def test_clustering_recovers_well_separated_clusters(clusters, train) -> None:
     model = model_for("clustering", n_clusters=4, z_dim=2)
     train(model, x[:2000], steps=750)
     assert normalized_mutual_info_score(y[2000:], model.cluster(x[2000:])) > 0.9
+
+
+def test_clustering_with_twice_the_categories_still_uses_every_cluster(clusters, train) -> None:
+    x, y = clusters(3000, n_classes=4, separation=3.0)
+    model = model_for("clustering", n_clusters=8, z_dim=2)
+    train(model, x[:2000], steps=750)
+    probs = model.classify(x[2000:])
+    assert category_usage(probs)["clusters_used"] >= 4
+    assert normalized_mutual_info_score(y[2000:], probs.argmax(1)) > 0.9
+
+
+def test_clustering_with_batchnorm_on_y_uses_every_category(clusters, train) -> None:
+    # The committed MNIST clustering recipe: BatchNorm on the y logits keeps every category in use.
+    x, y = clusters(3000, n_classes=4, separation=3.0)
+    model = model_for("clustering", n_clusters=4, z_dim=2, y_batchnorm=True)
+    train(model, x[:2000], steps=750)
+    probs = model.classify(x[2000:])
+    assert category_usage(probs)["clusters_used"] == 4
+    assert normalized_mutual_info_score(y[2000:], probs.argmax(1)) > 0.75
 
 
 def test_dim_reduction_pushes_cluster_heads_eta_apart(clusters, train) -> None:

@@ -55,6 +55,17 @@ def test_semisup_test_error_is_the_error_of_classify_on_the_test_split(semisup_r
     assert written["checkpoint"]["epoch"] in (1, 2)
 
 
+def test_the_test_set_reports_categories_used_and_style_spread(semisup_run) -> None:
+    config, run = semisup_run
+    metrics = evaluate(config, run)
+    test = load_eval_split(config, "test")
+    model = load_trained_model(config, run, test.x.shape[1]).model
+    shares = np.bincount(model.classify(test.x).argmax(1).numpy(), minlength=10) / len(test.y)
+    assert metrics["test/clusters_used"] == int((shares >= 0.005).sum())
+    codes = model.encode(test.x)[:, 10:]  # [softmax(y), z]: the style z
+    assert metrics["test/z_std_ratio"] == pytest.approx(codes.std(0, unbiased=False).mean().item() / 5.0, rel=1e-3)
+
+
 def test_every_model_gets_reconstruction_and_a_finite_parzen_likelihood(semisup_run) -> None:
     metrics = evaluate(*semisup_run)
     assert 0 < metrics["test/recon_mse"] < 1

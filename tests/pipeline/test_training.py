@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
-from pipeline.training import WorkerContext, train
+from pipeline.stages.train import degeneracy_warning
+from pipeline.training import WorkerContext, build_training_model, load_training_data, train, validate
 from tests.conftest import tiny_overrides
 
 
@@ -70,3 +73,26 @@ def test_diverging_run_stops_instead_of_training_on_nan(synthetic_dataset, tmp_p
     assert rows == []  # the NaN epoch is neither logged nor checkpointed, and no further epochs ran
     assert json.loads((tmp_path / "run" / "diverged.json").read_text())["epoch"] == 1
     assert list((tmp_path / "run" / "checkpoints").glob("*.pt")) == []
+
+
+def test_every_epoch_reports_categories_used_and_style_spread(synthetic_dataset, tmp_path) -> None:
+    [row] = _train(synthetic_dataset, tmp_path / "run", "train.epochs=1")
+    assert 1 <= row["val/clusters_used"] <= 10
+    assert 0 <= row["val/y_entropy"] <= math.log(10) + 1e-6
+    assert row["val/z_std_ratio"] > 0
+
+
+def test_degenerate_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(synthetic_dataset) -> None:
+    config = load_config("cluster16", tiny_overrides(synthetic_dataset, "model.params.n_clusters=10"))
+    data = load_training_data(config)
+    model = build_training_model(config, data)
+    with torch.no_grad():  # every example into category 3, style codes at the prior's scale
+        model.encoder.logits_head.bias[3] = 1e3
+        model.encoder.code_head.weight.normal_(0, 1.0)
+    collapsed = validate(model, data, WorkerContext())
+    assert collapsed["val/clusters_used"] == 1
+    warning = degeneracy_warning(config, collapsed)
+    assert warning is not None and "only 1 of 10 categories used" in warning and "y_batchnorm" in warning
+    healthy = {"val/clusters_used": 10, "val/z_std_ratio": 1.1}
+    assert degeneracy_warning(config, healthy) is None
+    assert "spread" in degeneracy_warning(config, {**healthy, "val/z_std_ratio": 0.05})

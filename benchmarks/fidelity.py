@@ -1,0 +1,95 @@
+"""One fidelity experiment: train an experiment in this process (no Ray), score it on the test set, and
+append a row to benchmarks/results/fidelity.jsonl (the log behind fidelity.md).
+
+    python benchmarks/fidelity.py cluster16 --epochs 5 --set data.limit=10000 --set model.params.z_prior_std=1 \
+        --note "style prior std 1"
+
+Rows keep every run, failures included: the setting, epochs, categories used, error, NMI, style spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import load_config
+from pipeline.rundir import RunDir
+from pipeline.stages.evaluate import evaluate
+from pipeline.training import DIVERGED_FILE, WorkerContext, train
+
+RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.jsonl"
+# The numbers a fidelity row shows, in this order, where the model has them.
+SHOWN = ("test/cluster_error", "test/error", "test/dimred_error", "test/clusters_used", "test/nmi",
+         "test/z_std_ratio", "test/parzen_ll")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", help="an experiment name, or 'table' to print the log as markdown")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--note", default="")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="keep the run directory here (default: a temp dir)")
+    args = parser.parse_args()
+    if args.experiment == "table":
+        print(table(), end="")
+        return
+    if args.epochs is None:
+        parser.error("--epochs is required to train")
+    torch.set_num_threads(args.threads)
+    overrides = [*args.overrides, f"train.epochs={args.epochs}", "tracking.wandb=disabled",
+                 "evaluate.parzen_samples=2000"]
+    config = load_config(args.experiment, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(args.keep or Path(tmp) / "run")
+        run.path.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        train(config, run, WorkerContext())
+        history = run.read_metrics()
+        diverged = (run.path / DIVERGED_FILE).exists()
+        test = evaluate(config, run) if history else {}
+        row = {
+            "experiment": args.experiment, "overrides": args.overrides, "epochs": len(history),
+            "diverged": diverged, "note": args.note, "seconds": round(time.perf_counter() - started),
+            **{key: value for key, value in test.items() if key in SHOWN},
+            "curve": [{k: v for k, v in h.items() if k.startswith("val/") or k == "epoch"} for h in history],
+        }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as log:
+        log.write(json.dumps(row) + "\n")
+    shown = "  ".join(f"{key.removeprefix('test/')} {_fmt(row[key])}" for key in SHOWN if key in row)
+    print(f"{args.experiment} {' '.join(args.overrides)} | {row['epochs']} epochs"
+          f"{' DIVERGED' if diverged else ''} | {shown} | {row['seconds']}s")
+
+
+def table() -> str:
+    """Every logged run as a markdown table, in the order they ran (fidelity.md embeds it)."""
+    lines = ["| # | experiment | setting | epochs | categories used | error % | NMI | style spread | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for number, line in enumerate(RESULTS.read_text().splitlines(), 1):
+        row = json.loads(line)
+        error = next((row[key] for key in ("test/cluster_error", "test/dimred_error", "test/error") if key in row),
+                     None)
+        epochs = f"{row['epochs']}{' (diverged)' if row['diverged'] else ''}"
+        setting = " ".join(f"`{item}`" for item in row["overrides"]) or "committed config"
+        lines.append(f"| {number} | {row['experiment']} | {setting} | {epochs} | {_fmt(row.get('test/clusters_used'))} "
+                     f"| {_fmt(error)} | {_fmt(row.get('test/nmi'))} | {_fmt(row.get('test/z_std_ratio'))} "
+                     f"| {row['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4g}"
+
+
+if __name__ == "__main__":
+    main()
