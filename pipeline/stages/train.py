@@ -24,6 +24,11 @@ def divergence_advice(config: Config, phases: set[str]) -> str:
         # The few labelled examples come round again every step or two, and the paper's supervised rate
         # (0.1, momentum 0.9) overshoots on them: semisup with 100 labels diverges in its first epoch.
         return f"--set train.lr.supervised={optim.lr('supervised') / 10:g} (few labels), or {adversarial}"
+    unclipped = [phase for phase in ("reconstruction", "discriminator", "generator")
+                 if phase not in optim.clip_grad_norm]
+    if unclipped:  # clipping kept the paper's adversarial rates finite for dimred-2d-unsup (fidelity.md)
+        clip = " ".join(f"--set train.clip_grad_norm.{phase}=5" for phase in unclipped)
+        return f"{adversarial}, or keep the rates and clip the gradients: {clip}"
     return adversarial
 
 

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
-from pipeline.stages.train import degeneracy_warning
+from pipeline.stages.train import degeneracy_warning, divergence_advice
 from pipeline.training import WorkerContext, build_training_model, load_training_data, train, validate
 from tests.conftest import tiny_overrides
 
@@ -96,3 +96,10 @@ def test_degenerate_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(
     healthy = {"val/clusters_used": 10, "val/z_std_ratio": 1.1}
     assert degeneracy_warning(config, healthy) is None
     assert "spread" in degeneracy_warning(config, {**healthy, "val/z_std_ratio": 0.05})
+
+
+def test_divergence_advice_offers_clipping_only_where_the_run_does_not_clip() -> None:
+    unclipped = divergence_advice(load_config("cluster16"), {"recon", "gen_y"})
+    assert "--set train.lr.generator=0.01" in unclipped and "--set train.clip_grad_norm.generator=5" in unclipped
+    clipped = divergence_advice(load_config("dimred-2d-unsup"), {"recon"})
+    assert "clip_grad_norm" not in clipped and "--set train.lr.generator=0.01" in clipped
