@@ -208,16 +208,3 @@ def mark_dead_stages(run: RunDir) -> list[str]:
         run.record_stage(name, status="interrupted", error="the process running it stopped without finishing")
     return dead
 
-
-def is_driven(run: RunDir) -> bool:
-    """Whether a live process holds the run directory right now."""
-    lock_path = run.path / LOCK_FILE
-    if fcntl is None or not lock_path.exists():
-        return False
-    with lock_path.open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return False
