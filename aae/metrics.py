@@ -171,6 +171,50 @@ def degeneracy_signs(clusters_used: float | None, n_categories: int | None, z_st
     return signs
 
 
+# --- do the codes sit on their prior? (the paper's figures, as numbers) --------------------------------
+
+def gaussian_fit(codes: ArrayLike, prior_std: float, prior_mean: float = 0.0) -> dict[str, float]:
+    """How far the codes' moments are from an isotropic Gaussian prior's: the largest |mean offset| in
+    prior stds, and the covariance's relative Frobenius error ||C - σ²I|| / ||σ²I|| (0 when matched)."""
+    z = _as_float64_matrix(codes)
+    variance = prior_std ** 2
+    target = variance * torch.eye(z.shape[1], dtype=torch.float64)
+    return {"code_mean_error": float(((z.mean(0) - prior_mean).abs() / prior_std).max()),
+            "code_cov_error": float(torch.linalg.matrix_norm(torch.cov(z.T).reshape(target.shape) - target)
+                                    / torch.linalg.matrix_norm(target))}
+
+
+def components_fit(component: ArrayLike, on_prior: ArrayLike, n_components: int, labels: ArrayLike | None = None,
+                   min_share: float = USED_SHARE) -> dict[str, float]:
+    """For codes located on a prior with components (its `locate`): how many components hold at least
+    min_share of the codes, the share of codes on the prior, and, given labels, the share on the prior
+    inside their own class's component."""
+    component, on_prior = _int_labels(component), _to_numpy(on_prior).reshape(-1).astype(bool)
+    share = np.bincount(component, minlength=n_components) / max(len(component), 1)
+    fit = {"components_used": int((share >= min_share).sum()), "codes_on_prior": float(on_prior.mean())}
+    if labels is not None:
+        fit["codes_on_own_component"] = float((on_prior & (component == _int_labels(labels))).mean())
+    return fit
+
+
+def fit_reference_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int = 3, seed: int = 0
+                             ) -> torch.nn.Module:
+    """A small MLP digit classifier (about 98% on MNIST) that judges generated images, e.g. whether a
+    style grid's column really shows its label."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.ReLU(), torch.nn.Linear(256, n_classes))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(x), generator=generator).split(128):
+            loss = torch.nn.functional.cross_entropy(net(x[rows]), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return net.eval()
+
+
 # --- generative quality -------------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Add a prior by writing a class with `dim`, `n_components` and `sample(n, labels=None, generator=None)`,
 whose constructor takes `dim=` as a keyword, and registering it in PRIORS (or pass its import path,
-"package.module:ClassName", to build_prior). Samples are drawn on the CPU; callers move them.
+"package.module:ClassName", to build_prior). Samples are drawn on the CPU; callers move them. A prior with
+components may also have `locate(z) -> (component, on_prior)`: the evaluate stage then reports how well the
+codes fill it (aae.metrics.components_fit).
 """
 
 from __future__ import annotations
@@ -105,14 +107,28 @@ class MixturePrior:
             out = torch.cat([out, self.std_across * torch.randn(n, 1, generator=generator)], 1)
         return out
 
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log p(z) per row (used by the VAE's Monte Carlo KL)."""
+    def _frame(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Each code's offsets (N, K, pairs) along and across every component's axis, from its centre."""
         pairs = self.dim // 2
         xy = z[:, None, : 2 * pairs].reshape(len(z), 1, pairs, 2)
         cos = self.angles.to(z).cos()[None, :, None]
         sin = self.angles.to(z).sin()[None, :, None]
-        along = xy[..., 0] * cos + xy[..., 1] * sin - self.shift
-        across = -xy[..., 0] * sin + xy[..., 1] * cos
+        return xy[..., 0] * cos + xy[..., 1] * sin - self.shift, -xy[..., 0] * sin + xy[..., 1] * cos
+
+    def locate(self, z: Tensor, within_sigmas: float = 3.0) -> tuple[Tensor, Tensor]:
+        """Each code's nearest component (by Mahalanobis distance) and whether it lies on it: inside the
+        component's `within_sigmas` ellipse in every axis pair (the prior's own draws: 98.9% in 2-D)."""
+        along, across = self._frame(z)
+        squared = (along / self.std_along) ** 2 + (across / self.std_across) ** 2  # (N, K, pairs)
+        component = squared.sum(-1).argmin(1)
+        inside = (squared[torch.arange(len(z)), component] <= within_sigmas ** 2).all(-1)
+        if self.dim % 2:
+            inside &= (z[:, -1] / self.std_across).abs() <= within_sigmas
+        return component, inside
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) per row (used by the VAE's Monte Carlo KL)."""
+        along, across = self._frame(z)
         per_k = (_normal_log_prob(along, self.std_along) + _normal_log_prob(across, self.std_across)).sum(-1)
         if self.dim % 2:
             per_k = per_k + _normal_log_prob(z[:, -1:], self.std_across)
@@ -132,8 +148,21 @@ class SwissRollPrior:
         """n draws; row i from segment labels[i] where labels[i] >= 0, else from the whole roll."""
         k = component_indices(n, labels, self.n_components, generator)
         root = ((k + torch.rand(n, generator=generator)) / self.n_components).sqrt()
+        return self._curve(root)
+
+    def _curve(self, root: Tensor) -> Tensor:
+        """Points of the roll at √u = root."""
         angle = 4 * math.pi * root
         return self.radius * root[:, None] * torch.stack([angle.cos(), angle.sin()], -1)
+
+    def locate(self, z: Tensor, within: float = 0.1, resolution: int = 4000) -> tuple[Tensor, Tensor]:
+        """Each code's segment (that of the nearest point of the roll) and whether it lies within
+        `within`·radius of the roll (neighbouring turns lie radius/2 apart)."""
+        u = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
+        curve = self._curve(u.sqrt()).to(z)
+        distance, index = torch.cdist(z[:, :2].float(), curve.float()).min(1)
+        segment = (u[index.cpu()] * self.n_components).long().clamp(max=self.n_components - 1)
+        return segment.to(z.device), distance <= within * self.radius
 
 
 class CategoricalPrior:

@@ -26,7 +26,12 @@ from pipeline.training import DIVERGED_FILE, WorkerContext, train
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.jsonl"
 # The numbers a fidelity row shows, in this order, where the model has them.
 SHOWN = ("test/cluster_error", "test/error", "test/dimred_error", "test/clusters_used", "test/nmi",
-         "test/z_std_ratio", "test/parzen_ll")
+         "test/z_std_ratio", "test/parzen_ll", "test/style_grid_accuracy", "test/components_used",
+         "test/codes_on_prior", "test/codes_on_own_component", "test/code_mean_error", "test/code_cov_error")
+# The figure measures (evaluate stage), shown in the table's "figure" column where a run has them.
+FIGURE = {"test/style_grid_accuracy": "grid {:.1f}%", "test/components_used": "{:d} comp.",
+          "test/codes_on_prior": "{:.1%} on prior", "test/codes_on_own_component": "{:.1%} own segment",
+          "test/code_mean_error": "mean err {:.3f}", "test/code_cov_error": "cov err {:.3f}"}
 
 
 def main() -> None:
@@ -71,8 +76,8 @@ def main() -> None:
 
 def table() -> str:
     """Every logged run as a markdown table, in the order they ran (fidelity.md embeds it)."""
-    lines = ["| # | experiment | setting | epochs | categories used | error % | NMI | style spread | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| # | experiment | setting | epochs | categories used | error % | NMI | style spread | figure | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for number, line in enumerate(RESULTS.read_text().splitlines(), 1):
         row = json.loads(line)
         error = next((row[key] for key in ("test/cluster_error", "test/dimred_error", "test/error") if key in row),
@@ -81,8 +86,14 @@ def table() -> str:
         setting = " ".join(f"`{item}`" for item in row["overrides"]) or "committed config"
         lines.append(f"| {number} | {row['experiment']} | {setting} | {epochs} | {_fmt(row.get('test/clusters_used'))} "
                      f"| {_fmt(error)} | {_fmt(row.get('test/nmi'))} | {_fmt(row.get('test/z_std_ratio'))} "
-                     f"| {row['note']} |")
+                     f"| {_figure(row)} | {row['note']} |")
     return "\n".join(lines) + "\n"
+
+
+def _figure(row: dict) -> str:
+    shown = [form.format(int(row[key]) if "{:d}" in form else row[key])
+             for key, form in FIGURE.items() if row.get(key) is not None]
+    return ", ".join(shown) or "-"
 
 
 def _fmt(value: float | None) -> str:

@@ -103,6 +103,13 @@ class CategoricalAAE(AAEModel):
         """z, whose prior is N(0, z_prior_std² I)."""
         return self.infer(x).code, self.z_prior.std
 
+    def render_as_each_category(self, x: Tensor) -> Tensor:
+        """Each row's style z decoded with every one-hot category: (N, categories, pixels), the style grid."""
+        z = self.infer(x).code
+        m = self.n_categories
+        one_hot = torch.eye(m, device=z.device).repeat(len(z), 1)
+        return self.decode(self.representation(one_hot, z.repeat_interleave(m, 0))).reshape(len(z), m, -1)
+
     def encode(self, x: Tensor) -> Tensor:
         """The decoder's input for each row: representation(softmax(y), z)."""
         out = self.infer(x)

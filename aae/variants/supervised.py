@@ -81,6 +81,12 @@ class SupervisedAAE(AAEModel):
         """Images for style codes z rendered as classes y."""
         return self.decode(self.decoder_input(z.to(self.device), y.to(self.device)))
 
+    def render_as_each_category(self, x: Tensor) -> Tensor:
+        """Each row's style z decoded with every label: (N, classes, pixels), the style grid."""
+        z, m = self.encode(x), self.config.n_classes
+        labels = torch.arange(m).repeat(len(z))
+        return self.decode_with_labels(z.repeat_interleave(m, 0), labels).reshape(len(z), m, -1)
+
     def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """x through the encoder and back, rendered with its true labels y (required: the decoder reads them)."""
         if y is None:

@@ -23,6 +23,8 @@ from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
 
 EVALUATION_FILE = "evaluation.json"
+# Test digits whose styles the style-grid measure renders as every class.
+STYLE_GRID_DIGITS = 1000
 
 
 @dataclass
@@ -111,16 +113,56 @@ def degeneracy(inputs: Inputs) -> Outcome:
     return Outcome(metrics)
 
 
+def prior_fit(inputs: Inputs) -> Outcome:
+    """Whether the test codes sit on their prior, the paper's Fig. 2 and 4 as numbers: for a Gaussian style
+    prior, the codes' mean and covariance against the prior's; for a prior with components (mixture, swiss
+    roll), the components holding codes, the share of codes on the prior and, for label-regularised models,
+    on their own class's component."""
+    model, x = inputs.model, inputs.test.x
+    styles = [model.style(chunk) for chunk in x.split(CHUNK)]
+    if styles[0] is not None:
+        codes = torch.cat([codes.cpu() for codes, _ in styles])
+        return Outcome({f"test/{k}": v for k, v in m.gaussian_fit(codes, styles[0][1]).items()})
+    prior = getattr(model, "prior", None)
+    if not hasattr(prior, "locate"):
+        return Outcome()
+    located = [prior.locate(model.encode(chunk)) for chunk in x.split(CHUNK)]
+    component, on_prior = (torch.cat([part[i].cpu() for part in located]) for i in (0, 1))
+    labels = inputs.test.y if model.label_needs != "none" else None  # the label-regularised AAE's prior
+    fit = m.components_fit(component, on_prior, prior.n_components, labels)
+    return Outcome({f"test/{k}": v for k, v in fit.items()})
+
+
+def style_grid(inputs: Inputs) -> Outcome:
+    """test/style_grid_accuracy: the share of style-grid cells (test digits' styles rendered as each class,
+    visualize's style_grid.png) that a reference classifier trained on the training digits reads as their
+    column's class: 100% when y sets the digit and z only the style; 10% when the decoder ignores y."""
+    config, model = inputs.config, inputs.model
+    train = load_eval_split(config, "train")
+    n_classes = int(train.y.max()) + 1
+    judge = m.fit_reference_classifier(train.x, torch.tensor(train.y, dtype=torch.int64), n_classes,
+                                       seed=config.train.seed)
+    test_x, test_y = inputs.test.x[:STYLE_GRID_DIGITS], torch.tensor(inputs.test.y[:STYLE_GRID_DIGITS])
+    rendered = torch.cat([model.render_as_each_category(chunk).cpu() for chunk in test_x.split(CHUNK // 10)])
+    with torch.no_grad():
+        read = judge(rendered.reshape(-1, rendered.shape[-1])).argmax(1).reshape(rendered.shape[:2])
+        judge_error = m.classification_error(judge(inputs.test.x).softmax(1), inputs.test.y)
+    columns = torch.arange(rendered.shape[1])
+    return Outcome({"test/style_grid_accuracy": 100.0 * float((read == columns).float().mean()),
+                    "test/style_grid_judge_error": judge_error,
+                    "test/style_grid_kept_digit": 100.0 * float((read == test_y[:, None]).float().mean())})
+
+
 Evaluation = Callable[[Inputs], Outcome]
-EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy)
+EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy, prior_fit)
 # The one place that says which evaluations a variant gets beyond reconstruction and likelihood.
 # The supervised AAE has no classifier (its decoder is given y), so it gets none.
 EVALUATIONS: dict[str, tuple[Evaluation, ...]] = {
     "unsupervised": (),
     "vae": (),
     "label_regularised": (),
-    "supervised": (),
-    "semi_supervised": (classification,),
+    "supervised": (style_grid,),
+    "semi_supervised": (classification, style_grid),
     "clustering": (clustering,),
     "dim_reduction": (dim_reduction,),
 }

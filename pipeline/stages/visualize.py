@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -81,15 +80,9 @@ def prior_grid(c: Canvas) -> Figure | None:
 def style_grid(c: Canvas) -> Figure:
     """Rows: the style z of one test digit (shown first); columns: that style decoded as each class."""
     model, x = c.model, c.test.x[:STYLE_ROWS]
-    n_classes = model.config.n_classes
-    z = model.infer(x).code
-    z_rep = z.repeat_interleave(n_classes, 0)
-    y = torch.arange(n_classes).repeat(len(x)).to(model.device)
-    if hasattr(model, "decode_with_labels"):  # supervised: the decoder reads [one-hot y, z]
-        rendered = model.decode_with_labels(z_rep, y)
-    else:  # semi-supervised: the decoder reads representation(one-hot y, z)
-        rendered = model.decode(model.representation(F.one_hot(y, n_classes).to(z_rep), z_rep))
-    rows = torch.cat([x[:, None], rendered.cpu().reshape(len(x), n_classes, -1)], 1).reshape(-1, x.shape[1])
+    rendered = model.render_as_each_category(x).cpu()
+    n_classes = rendered.shape[1]
+    rows = torch.cat([x[:, None], rendered], 1).reshape(-1, x.shape[1])
     fig, ax = _figure(7.5, 7.3)
     _show_mosaic(ax, rows, len(x), n_classes + 1)
     ax.set_title("Style and content: each row keeps one test digit's style z (first column: the digit)\n"

@@ -13,6 +13,8 @@ from aae.metrics import (
     cluster_error,
     cluster_error_majority,
     clustering_report,
+    components_fit,
+    gaussian_fit,
     majority_cluster_labels,
     nmi,
     paper_cluster_error,
@@ -175,3 +177,23 @@ def test_reconstruction_bce_is_finite_when_the_decoder_saturates_wrongly():
     assert math.isfinite(errors["recon_bce"])
     assert errors["recon_bce"] == pytest.approx(-4 * math.log(1e-7), rel=1e-6)
     assert errors["recon_mse"] == pytest.approx(1.0)
+
+
+def test_gaussian_fit_is_near_zero_for_prior_draws_and_names_a_wrong_scale_or_offset():
+    z = 5 * torch.randn(20000, 8, generator=torch.Generator().manual_seed(0))
+    matched = gaussian_fit(z, prior_std=5.0)
+    assert matched["code_mean_error"] < 0.05 and matched["code_cov_error"] < 0.05
+    narrow = gaussian_fit(0.8 * z, prior_std=5.0)  # variance 0.64x: the covariance is 36% off
+    assert narrow["code_cov_error"] == pytest.approx(0.36, abs=0.03)
+    shifted = gaussian_fit(z + torch.tensor([2.5] + [0.0] * 7), prior_std=5.0)
+    assert shifted["code_mean_error"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_components_fit_by_hand():
+    component = np.array([0, 0, 1, 1, 2, 0, 1, 2])
+    on_prior = np.array([True, True, True, False, True, True, True, False])
+    labels = np.array([0, 1, 1, 1, 2, 0, 2, 2])
+    fit = components_fit(component, on_prior, n_components=4, labels=labels)
+    # component 3 holds nothing; 6 of 8 codes on the prior; own and on the prior: rows 0, 2, 4, 5
+    assert fit == {"components_used": 3, "codes_on_prior": 0.75, "codes_on_own_component": 0.5}
+    assert "codes_on_own_component" not in components_fit(component, on_prior, n_components=4)

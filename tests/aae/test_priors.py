@@ -131,3 +131,14 @@ def test_build_prior_rejects_unknown_names_and_bad_params() -> None:
         build_prior("gaussian", sigma=1.0)
     with pytest.raises(ValueError, match="cannot import"):
         build_prior("no_such_module_xyz:Prior")
+
+
+@pytest.mark.parametrize("prior", [MixturePrior(dim=2), MixturePrior(dim=5), SwissRollPrior()])
+def test_locate_puts_the_priors_own_draws_on_their_component_and_shifted_codes_off_it(prior) -> None:
+    labels = torch.arange(10).repeat(300)
+    z = prior.sample(len(labels), labels, generator=torch.Generator().manual_seed(0))
+    component, on_prior = prior.locate(z)
+    assert on_prior.float().mean() > 0.97  # 3σ holds 98.9% of a 2-D Gaussian; the roll has no noise
+    assert (component == labels).float().mean() > 0.95
+    _, off = prior.locate(z * 1.5 + 0.5)  # stretched and moved: most codes leave the prior
+    assert off.float().mean() < 0.5

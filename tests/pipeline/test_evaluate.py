@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aae.metrics import PARZEN_SIGMAS
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import UserError
 from pipeline.rundir import CONFIG_FILE, RunDir
 from pipeline.stages.checkpoint import load_eval_split, load_trained_model
-from pipeline.stages.evaluate import evaluate
+from pipeline.stages.evaluate import Inputs, evaluate, style_grid
 from pipeline.training import WorkerContext, train
 from tests.conftest import tiny_overrides
 
@@ -114,3 +115,46 @@ def test_eval_split_flattens_uint8_images_to_unit_floats(synthetic_dataset) -> N
     assert float(train_split.x.min()) >= 0 and float(train_split.x.max()) <= 1
     assert len(load_eval_split(config, "test", limit=7).y) == 7
     assert np.issubdtype(train_split.y.dtype, np.integer)
+
+
+class _GridModel:
+    """Stands in for a trained style/content model: renders each test digit's style as every class."""
+
+    def __init__(self, test_x: torch.Tensor, test_y: np.ndarray, reads_y: bool) -> None:
+        self.reads_y = reads_y
+        # One real test image of each class: what a decoder that obeys y would draw.
+        self.exemplars = torch.stack([test_x[int(np.flatnonzero(test_y == c)[0])] for c in range(10)])
+
+    def render_as_each_category(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reads_y:
+            return self.exemplars.expand(len(x), -1, -1)
+        return x[:, None].expand(-1, 10, -1)  # the decoder ignores y: the same digit in every column
+
+
+def test_style_grid_accuracy_is_high_when_y_sets_the_digit_and_near_chance_when_ignored(synthetic_dataset) -> None:
+    config = load_config("supervised", tiny_overrides(synthetic_dataset))
+    test = load_eval_split(config, "test")
+    obeys = style_grid(Inputs(config, _GridModel(test.x, test.y, reads_y=True), test)).metrics
+    ignores = style_grid(Inputs(config, _GridModel(test.x, test.y, reads_y=False), test)).metrics
+    assert obeys["test/style_grid_judge_error"] < 10  # the judge reads real digits
+    assert obeys["test/style_grid_accuracy"] > 90
+    assert ignores["test/style_grid_accuracy"] < 20  # right only in the column of the digit's own class
+    assert ignores["test/style_grid_kept_digit"] > 90
+
+
+@pytest.mark.parametrize(
+    ("experiment", "keys"),
+    [("unsup-mixture", {"test/components_used", "test/codes_on_prior"}),
+     ("labelreg-swissroll --set data.labels=500",
+      {"test/components_used", "test/codes_on_prior", "test/codes_on_own_component"}),
+     ("unsup-gaussian", {"test/code_mean_error", "test/code_cov_error"})],
+)
+def test_every_2d_prior_model_reports_how_its_test_codes_fit_the_prior(
+    synthetic_dataset, tmp_path, experiment: str, keys: set[str]
+) -> None:
+    name, *extra = experiment.split(" --set ")
+    config, run = trained_run(synthetic_dataset, tmp_path / name, name, *extra)
+    metrics = evaluate(config, run)
+    assert keys <= set(metrics)
+    for key in keys - {"test/components_used", "test/code_mean_error", "test/code_cov_error"}:
+        assert 0 <= metrics[key] <= 1
