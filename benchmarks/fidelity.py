@@ -49,11 +49,19 @@ def main() -> None:
     if args.epochs is None:
         parser.error("--epochs is required to train")
     torch.set_num_threads(args.threads)
-    overrides = [*args.overrides, f"train.epochs={args.epochs}", "tracking.wandb=disabled",
-                 "evaluate.parzen_samples=2000"]
-    config = load_config(args.experiment, overrides)
+    row = fidelity_run(args.experiment, args.epochs, args.overrides, args.note, args.keep)
+    shown = "  ".join(f"{key.removeprefix('test/')} {_fmt(row[key])}" for key in SHOWN if key in row)
+    print(f"{args.experiment} {' '.join(args.overrides)} | {row['epochs']} epochs"
+          f"{' DIVERGED' if row['diverged'] else ''} | {shown} | {row['seconds']}s")
+
+
+def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, keep: Path | None = None
+                 ) -> dict:
+    """Train and score one setting in this process; append its row to fidelity.jsonl and return it."""
+    config = load_config(experiment, [*overrides, f"train.epochs={epochs}", "tracking.wandb=disabled",
+                                      "evaluate.parzen_samples=2000"])
     with tempfile.TemporaryDirectory() as tmp:
-        run = RunDir(args.keep or Path(tmp) / "run")
+        run = RunDir(keep or Path(tmp) / "run")
         run.path.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         train(config, run, WorkerContext())
@@ -61,17 +69,15 @@ def main() -> None:
         diverged = (run.path / DIVERGED_FILE).exists()
         test = evaluate(config, run) if history else {}
         row = {
-            "experiment": args.experiment, "overrides": args.overrides, "epochs": len(history),
-            "diverged": diverged, "note": args.note, "seconds": round(time.perf_counter() - started),
+            "experiment": experiment, "overrides": overrides, "epochs": len(history),
+            "diverged": diverged, "note": note, "seconds": round(time.perf_counter() - started),
             **{key: value for key, value in test.items() if key in SHOWN},
             "curve": [{k: v for k, v in h.items() if k.startswith("val/") or k == "epoch"} for h in history],
         }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as log:
         log.write(json.dumps(row) + "\n")
-    shown = "  ".join(f"{key.removeprefix('test/')} {_fmt(row[key])}" for key in SHOWN if key in row)
-    print(f"{args.experiment} {' '.join(args.overrides)} | {row['epochs']} epochs"
-          f"{' DIVERGED' if diverged else ''} | {shown} | {row['seconds']}s")
+    return row
 
 
 def table() -> str:
