@@ -137,8 +137,25 @@ class Decoder(nn.Module):
         return self.net(code)
 
 
-def discriminator(in_dim: int, hidden: Sequence[int] = (1000, 1000), init_std: float = 0.01) -> nn.Module:
-    """An MLP giving one logit per row: high means "drawn from the prior"."""
+DISC_INITS = ("normal", "he")
+
+
+def discriminator(in_dim: int, hidden: Sequence[int] = (1000, 1000), init_std: float = 0.01, init: str = "normal"
+                  ) -> nn.Module:
+    """An MLP giving one logit per row: high means "drawn from the prior".
+
+    init "normal" draws every weight from N(0, init_std) (the paper's recipe); "he" scales each layer by
+    its fan-in (Kaiming normal), which keeps a discriminator on a low-dimensional code learning from the
+    first step: with N(0, 0.01) on a 2-D input its output starts flat and its gradients vanish.
+    """
     net = nn.Sequential(mlp(in_dim, hidden, 1), nn.Flatten(0))
-    init_weights(net, init_std)
+    if init == "normal":
+        init_weights(net, init_std)
+    elif init == "he":
+        for layer in net.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+    else:
+        raise ValueError(f"discriminator init {init!r} is not one of {DISC_INITS}")
     return net

@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from aae.batch import Batch
 from aae.losses import RECON_LOSSES
-from aae.networks import ENCODER_KINDS, NETWORKS, EncoderOutput
+from aae.networks import DISC_INITS, ENCODER_KINDS, NETWORKS, EncoderOutput
 from aae.optim import OptimConfig, build_optimizer
 from aae.phases import GradSync
 from aae.priors import Prior
@@ -48,11 +48,13 @@ class AdversarialConfig(NetworkConfig):
 
     disc_hidden: tuple[int, ...] = (1000, 1000)
     disc_noise_std: float = 0.0  # Gaussian noise on discriminator inputs (0.3 stabilised reproductions)
+    disc_init: str = "normal"  # "normal": N(0, init_std), the paper's; "he": scaled by fan-in (aae.networks)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.disc_hidden = tuple(int(h) for h in self.disc_hidden)
         _check(self.disc_noise_std >= 0, "disc_noise_std must be >= 0")
+        _check(self.disc_init in DISC_INITS, f"disc_init must be one of {DISC_INITS}, not {self.disc_init!r}")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -42,8 +42,8 @@ class CategoricalAAE(AAEModel):
         self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, logits_dim=n_categories,
                                network=c.network, init_std=c.init_std, logits_batchnorm=c.y_batchnorm)
         self.decoder = Decoder(representation_dim, c.input_dim, c.hidden, c.network, c.init_std)
-        self.disc_y = discriminator(n_categories, c.disc_hidden, c.init_std)
-        self.disc_z = discriminator(c.z_dim, c.disc_hidden, c.init_std)
+        self.disc_y = discriminator(n_categories, c.disc_hidden, c.init_std, c.disc_init)
+        self.disc_z = discriminator(c.z_dim, c.disc_hidden, c.init_std, c.disc_init)
 
     def representation(self, y: Tensor, z: Tensor) -> Tensor:
         """What the decoder reads: [y, z] (the dimensionality-reduction AAE overrides this)."""

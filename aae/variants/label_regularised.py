@@ -46,7 +46,7 @@ class LabelRegularisedAAE(AAEModel):
                              f"the label-regularised AAE needs n_classes={c.n_classes}")
         self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, network=c.network, init_std=c.init_std)
         self.decoder = Decoder(c.z_dim, c.input_dim, c.hidden, c.network, c.init_std)
-        self.discriminator = discriminator(c.z_dim + c.n_classes + 1, c.disc_hidden, c.init_std)
+        self.discriminator = discriminator(c.z_dim + c.n_classes + 1, c.disc_hidden, c.init_std, c.disc_init)
 
     def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Reconstruction: encoder + decoder; discriminator: D; generator: encoder."""

@@ -36,7 +36,7 @@ class UnsupervisedAAE(AAEModel):
         self.prior = build_prior(c.prior, dim=c.z_dim, **c.prior_params)
         self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, network=c.network, init_std=c.init_std)
         self.decoder = Decoder(c.z_dim, c.input_dim, c.hidden, c.network, c.init_std)
-        self.discriminator = discriminator(c.z_dim, c.disc_hidden, c.init_std)
+        self.discriminator = discriminator(c.z_dim, c.disc_hidden, c.init_std, c.disc_init)
 
     def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Reconstruction: encoder + decoder; discriminator: D; generator: encoder."""
