@@ -4,7 +4,11 @@ append a row to benchmarks/results/fidelity.jsonl (the log behind fidelity.md).
     python benchmarks/fidelity.py cluster16 --epochs 5 --set data.limit=10000 --set model.params.z_prior_std=1 \
         --note "style prior std 1"
 
-Rows keep every run, failures included: the setting, epochs, categories used, error, NMI, style spread.
+Rows keep every run, failures included: the setting, epochs, categories used, error, NMI, style spread,
+the figure measures. A run trained through the CLI (benchmarks/reproduce.py) is logged the same way:
+
+    python benchmarks/fidelity.py record --record-as dimred-2d --keep benchmarks/runs/reproduce/dimred-2d-1000 \
+        --note "committed config, full MNIST"
 """
 
 from __future__ import annotations
@@ -36,15 +40,23 @@ FIGURE = {"test/style_grid_accuracy": "grid {:.1f}%", "test/components_used": "{
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", help="an experiment name, or 'table' to print the log as markdown")
+    parser.add_argument("experiment", help="an experiment name, 'table' to print the log as markdown, or 'record' "
+                        "to log a run trained elsewhere")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--note", default="")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep the run directory here (default: a temp dir)")
+    parser.add_argument("--record-as", help="with 'record': the experiment the run at --keep trained")
     args = parser.parse_args()
     if args.experiment == "table":
         print(table(), end="")
+        return
+    if args.experiment == "record":  # a run made elsewhere, e.g. by reproduce.py through the CLI
+        if not args.keep or not args.record_as:
+            parser.error("record needs --keep RUN_DIR and --record-as EXPERIMENT")
+        row = record(args.record_as, RunDir(args.keep), args.overrides, args.note)
+        print(json.dumps({key: row[key] for key in SHOWN if key in row}))
         return
     if args.epochs is None:
         parser.error("--epochs is required to train")
@@ -65,15 +77,23 @@ def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, 
         run.path.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         train(config, run, WorkerContext())
-        history = run.read_metrics()
-        diverged = (run.path / DIVERGED_FILE).exists()
-        test = evaluate(config, run) if history else {}
-        row = {
-            "experiment": experiment, "overrides": overrides, "epochs": len(history),
-            "diverged": diverged, "note": note, "seconds": round(time.perf_counter() - started),
-            **{key: value for key, value in test.items() if key in SHOWN},
-            "curve": [{k: v for k, v in h.items() if k.startswith("val/") or k == "epoch"} for h in history],
-        }
+        test = evaluate(config, run) if run.read_metrics() else {}
+        return record(experiment, run, overrides, note, test, round(time.perf_counter() - started))
+
+
+def record(experiment: str, run: RunDir, overrides: list[str], note: str, test: dict | None = None,
+           seconds: int | None = None) -> dict:
+    """Append a trained run's fidelity row (its test metrics, validation curve, divergence) and return it."""
+    history = run.read_metrics()
+    if test is None:
+        evaluation = run.path / "evaluation.json"
+        test = json.loads(evaluation.read_text())["metrics"] if evaluation.is_file() else {}
+    row = {
+        "experiment": experiment, "overrides": overrides, "epochs": len(history),
+        "diverged": (run.path / DIVERGED_FILE).exists(), "note": note, "seconds": seconds,
+        **{key: value for key, value in test.items() if key in SHOWN},
+        "curve": [{k: v for k, v in h.items() if k.startswith("val/") or k == "epoch"} for h in history],
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as log:
         log.write(json.dumps(row) + "\n")

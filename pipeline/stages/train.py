@@ -102,7 +102,7 @@ def degeneracy_warning(config: Config, final: dict[str, Any]) -> str | None:
     return (
         f"warning: the model looks degenerate on validation data ({'; '.join(signs)}). Likely causes: the "
         "adversarial regularisation lost to reconstruction, so the style code carries what the categories or the "
-        "prior should. Keys to try: model.params.y_batchnorm=true (categories), model.params.z_prior_std, "
-        "model.params.disc_noise_std, train.lr.generator and train.lr.discriminator, train.clip_grad_norm.*, "
-        "more epochs."
+        "prior should. Keys to try: model.params.y_batchnorm=true (categories), model.params.disc_init=he with "
+        "train.clip_grad_norm.* (discriminators that learn from the first step), model.params.z_prior_std, "
+        "train.lr.generator and train.lr.discriminator, more epochs."
     )

@@ -67,3 +67,17 @@ def test_the_hinge_and_its_gradient_are_finite_when_two_heads_coincide() -> None
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert torch.isfinite(heads.grad).all()
+
+
+def test_he_init_scales_each_discriminator_layer_by_its_fan_in_and_normal_keeps_the_papers() -> None:
+    from aae.variants import build_model
+
+    he = build_model("unsupervised", {"input_dim": 784, "z_dim": 2, "disc_init": "he"}).discriminator
+    first, second = [layer.weight for layer in he.modules() if isinstance(layer, torch.nn.Linear)][:2]
+    assert first.std().item() == pytest.approx(1.0, rel=0.1)  # sqrt(2 / fan-in 2)
+    assert second.std().item() == pytest.approx(math.sqrt(2 / 1000), rel=0.1)
+    paper = build_model("unsupervised", {"input_dim": 784, "z_dim": 2}).discriminator
+    assert all(layer.weight.std().item() == pytest.approx(0.01, rel=0.1)
+               for layer in paper.modules() if isinstance(layer, torch.nn.Linear))
+    with pytest.raises(ValueError, match="disc_init must be one of"):
+        build_model("unsupervised", {"input_dim": 784, "disc_init": "xavier"})
