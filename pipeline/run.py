@@ -194,13 +194,23 @@ def _execute(stage: Stage, config: Config, run: RunDir) -> dict[str, Any]:
     return run_as_task(stage.run, config, run)
 
 
+# The numbers printed under the summary table: the paper's errors, and its figures as numbers (metric,
+# label, factor to a percentage).
+HEADLINES = (
+    ("test/error", "test error", 1), ("test/cluster_error", "test cluster error", 1),
+    ("test/dimred_error", "dimensionality-reduction error", 1),
+    ("test/style_grid_accuracy", "style-grid cells read as their column's class", 1),
+    ("test/codes_on_prior", "test codes on the prior", 100),
+    ("test/codes_on_own_component", "test codes on their own class's component", 100),
+)
+
+
 def _print_summary(config: Config, run: RunDir, metrics: dict[str, Any]) -> None:
     shown = {key: value for key, value in metrics.items() if key.startswith(("test/", "val/")) or key == "epoch"}
     console.print(summary_table(f"{config.experiment}: results", shown or metrics))
-    for key, label in (("test/error", "test error"), ("test/cluster_error", "test cluster error"),
-                       ("test/dimred_error", "dimensionality-reduction error")):
-        if key in metrics:
-            console.print(f"[bold]{label}: {metrics[key]:.2f}%[/bold]")
+    for key, label, percent_per_unit in HEADLINES:
+        if metrics.get(key) is not None:
+            console.print(f"[bold]{label}: {metrics[key] * percent_per_unit:.2f}%[/bold]")
     track = run.read_manifest().get("stages", {}).get("track", {}).get("outputs", {})
     if track.get("wandb_sync"):
         console.print(f"W&B run saved offline; upload it with: {track['wandb_sync']}")
