@@ -155,8 +155,8 @@ def style_grid(inputs: Inputs) -> Outcome:
 
 Evaluation = Callable[[Inputs], Outcome]
 EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy, prior_fit)
-# The one place that says which evaluations a variant gets beyond reconstruction and likelihood.
-# The supervised AAE has no classifier (its decoder is given y), so it gets none.
+# The one place that says which evaluations a variant gets beyond every model's (reconstruction, likelihood,
+# degeneracy, prior fit). The supervised AAE has no classifier (its decoder is given y): it gets the style grid.
 EVALUATIONS: dict[str, tuple[Evaluation, ...]] = {
     "unsupervised": (),
     "vae": (),
