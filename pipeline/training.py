@@ -250,13 +250,22 @@ def validate(model: AAEModel, data: TrainingData, ctx: WorkerContext) -> dict[st
         else:
             out["val/cluster_error"] = cluster_error_majority(probs, data.y_val, probs, data.y_val)
         out.update({f"val/{key}": value for key, value in category_usage(probs).items()})
-    styles = [model.style(chunk) for chunk in x.split(1000)]
-    if styles[0] is not None:
-        out["val/z_std_ratio"] = spread_ratio(torch.cat([codes for codes, _ in styles]).cpu(), styles[0][1])
+    styles = style_codes(model, x)
+    if styles is not None:
+        out["val/z_std_ratio"] = spread_ratio(*styles)
     recon = torch.cat([model.reconstruction(xs, ys) for xs, ys in zip(x.split(1000), y.split(1000), strict=True)])
     out["val/recon_bce"] = reconstruction_errors(x, recon)["recon_bce"]
     model.train()
     return out
+
+
+def style_codes(model: AAEModel, x: torch.Tensor, chunk: int = 1000) -> tuple[torch.Tensor, float] | None:
+    """model.style over x a chunk at a time: the style codes (on the CPU) and their Gaussian prior's std, or
+    None for a model without a Gaussian style prior."""
+    styles = [model.style(part) for part in x.split(chunk)]
+    if styles[0] is None:
+        return None
+    return torch.cat([codes.cpu() for codes, _ in styles]), styles[0][1]
 
 
 # Lower is better for each; the first one a run reports ranks its checkpoints (and is Tune's default metric).

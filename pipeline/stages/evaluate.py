@@ -21,6 +21,7 @@ from aae.variants.base import AAEModel
 from pipeline.config import Config
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
+from pipeline.training import style_codes
 
 EVALUATION_FILE = "evaluation.json"
 # Test digits whose styles the style-grid measure renders as every class.
@@ -100,29 +101,26 @@ def dim_reduction(inputs: Inputs) -> Outcome:
 
 
 def degeneracy(inputs: Inputs) -> Outcome:
-    """The collapse diagnostics on the test set: categories used and their entropy (models with a y head),
-    the style codes' spread relative to their prior (models with a Gaussian style prior)."""
+    """The collapse diagnostics on the test set: categories used and their entropy (models with a y head);
+    for models with a Gaussian style prior, the style codes' spread relative to the prior's and their mean
+    and covariance against the prior's (the paper's Fig. 2 left as numbers)."""
     model, x = inputs.model, inputs.test.x
     metrics: dict[str, float] = {}
     if model.y_head is not None:
         usage = m.category_usage(batched(model.classify, x))
         metrics.update({f"test/{key}": value for key, value in usage.items()})
-    styles = [model.style(chunk) for chunk in x.split(CHUNK)]
-    if styles[0] is not None:
-        metrics["test/z_std_ratio"] = m.spread_ratio(torch.cat([codes.cpu() for codes, _ in styles]), styles[0][1])
+    styles = style_codes(model, x, CHUNK)
+    if styles is not None:
+        metrics["test/z_std_ratio"] = m.spread_ratio(*styles)
+        metrics.update({f"test/{key}": value for key, value in m.gaussian_fit(*styles).items()})
     return Outcome(metrics)
 
 
 def prior_fit(inputs: Inputs) -> Outcome:
-    """Whether the test codes sit on their prior, the paper's Fig. 2 and 4 as numbers: for a Gaussian style
-    prior, the codes' mean and covariance against the prior's; for a prior with components (mixture, swiss
-    roll), the components holding codes, the share of codes on the prior and, for label-regularised models,
-    on their own class's component."""
+    """Whether the test codes fill a prior with components (mixture, swiss roll), the paper's Fig. 2 right
+    and 4 as numbers: the components holding codes, the share of codes on the prior and, for
+    label-regularised models, on their own class's component. Gaussian style priors: see degeneracy."""
     model, x = inputs.model, inputs.test.x
-    styles = [model.style(chunk) for chunk in x.split(CHUNK)]
-    if styles[0] is not None:
-        codes = torch.cat([codes.cpu() for codes, _ in styles])
-        return Outcome({f"test/{k}": v for k, v in m.gaussian_fit(codes, styles[0][1]).items()})
     prior = getattr(model, "prior", None)
     if not hasattr(prior, "locate"):
         return Outcome()
