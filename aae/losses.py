@@ -39,7 +39,7 @@ def generator_loss(fake_logits: Tensor) -> Tensor:
 
 def cluster_head_hinge(heads: Tensor, eta: float) -> Tensor:
     """Σ over pairs of max(0, η − ‖h_i − h_j‖): minimising it maximises Σ min(‖h_i − h_j‖, η)."""
-    i, j = torch.triu_indices(len(heads), len(heads), offset=1)
+    i, j = torch.triu_indices(len(heads), len(heads), offset=1, device=heads.device)
     # The epsilon keeps the gradient finite if two heads ever coincide.
     distances = ((heads[i] - heads[j]).pow(2).sum(1) + 1e-12).sqrt()
     return F.relu(eta - distances).sum()

@@ -96,9 +96,9 @@ class Encoder(nn.Module):
         self.logits_norm = nn.BatchNorm1d(logits_dim) if logits_dim and logits_batchnorm else None
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> EncoderOutput:
-        """Encode a batch; `generator` drives the posterior / input noise (CPU draws, moved to x's device)."""
+        """Encode a batch; `generator` (on x's device) drives the posterior / input noise."""
         if self.noise_dim:
-            noise = torch.randn(len(x), self.noise_dim, generator=generator).to(x)
+            noise = torch.randn(len(x), self.noise_dim, generator=generator, device=x.device, dtype=x.dtype)
             x = torch.cat([x.flatten(1), noise], 1)
         h = self.trunk(x)
         logits = None if self.logits_head is None else self.logits_head(h)
@@ -108,7 +108,7 @@ class Encoder(nn.Module):
         if self.kind != "gaussian":
             return EncoderOutput(code=out, logits=logits)
         mean, logvar = out.chunk(2, dim=1)
-        eps = torch.randn(mean.shape, generator=generator).to(mean)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return EncoderOutput(code=mean + eps * (0.5 * logvar).exp(), mean=mean, logvar=logvar, logits=logits)
 
 

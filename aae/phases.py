@@ -1,4 +1,6 @@
-"""The named phases a training step is made of. Each takes its optimiser explicitly and returns floats.
+"""The named phases a training step is made of. Each takes its optimiser explicitly and returns its losses as
+detached 0-dim tensors on the model's device: reading them (float()) waits for the device, so the training
+loop sums them there and reads the sums once per epoch, and a CUDA graph can capture a whole step.
 
 grad_sync, when set (data-parallel training), receives the phase's parameters that have gradients,
 after backward and before the optimiser step, and must average those gradients across workers.
@@ -30,9 +32,9 @@ class Critic:
     condition: Tensor | None = None  # appended to both inputs (the label-regularised AAE's one-hot)
 
 
-def optimizer_step(loss: Tensor, optimizer: Optimizer, grad_sync: GradSync | None = None) -> float:
+def optimizer_step(loss: Tensor, optimizer: Optimizer, grad_sync: GradSync | None = None) -> Tensor:
     """zero_grad, backward, grad_sync (if set), clip (if the optimiser has a clip_grad_norm), step; returns
-    the loss as a float."""
+    the loss, detached."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -42,26 +44,26 @@ def optimizer_step(loss: Tensor, optimizer: Optimizer, grad_sync: GradSync | Non
     if max_norm is not None:  # after the all-reduce, so every worker clips the same averaged gradient
         torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def reconstruction_phase(logits: Tensor, x: Tensor, optimizer: Optimizer, grad_sync: GradSync | None = None,
-                         kind: str = "bce", penalty: Tensor | None = None) -> float:
+                         kind: str = "bce", penalty: Tensor | None = None) -> Tensor:
     """Update encoder + decoder on the reconstruction loss (plus an optional penalty); returns the recon loss."""
     recon = reconstruction_loss(logits, x, kind)
     optimizer_step(recon if penalty is None else recon + penalty, optimizer, grad_sync)
-    return recon.item()
+    return recon.detach()
 
 
 def _critic_input(t: Tensor, condition: Tensor | None, noise_std: float,
                   generator: torch.Generator | None) -> Tensor:
     if noise_std > 0:  # input noise on the discriminator stabilised training in reproductions
-        t = t + noise_std * torch.randn(t.shape, generator=generator).to(t)
+        t = t + noise_std * torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
     return t if condition is None else torch.cat([t, condition], 1)
 
 
 def discriminator_phase(critics: Sequence[Critic], optimizer: Optimizer, grad_sync: GradSync | None = None,
-                        noise_std: float = 0.0, generator: torch.Generator | None = None) -> list[float]:
+                        noise_std: float = 0.0, generator: torch.Generator | None = None) -> list[Tensor]:
     """Update the discriminators: prior samples are real (1), codes fake (0, detached); one loss each."""
     losses = []
     for c in critics:
@@ -71,7 +73,7 @@ def discriminator_phase(critics: Sequence[Critic], optimizer: Optimizer, grad_sy
         fake = c.net(_critic_input(c.fake.detach(), c.condition, noise_std, generator))
         losses.append(discriminator_loss(real, fake))
     optimizer_step(torch.stack(losses).sum(), optimizer, grad_sync)
-    return [loss.item() for loss in losses]
+    return [loss.detach() for loss in losses]
 
 
 @contextmanager
@@ -88,16 +90,16 @@ def _frozen(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 
 def generator_phase(critics: Sequence[Critic], optimizer: Optimizer, grad_sync: GradSync | None = None,
-                    noise_std: float = 0.0, generator: torch.Generator | None = None) -> list[float]:
+                    noise_std: float = 0.0, generator: torch.Generator | None = None) -> list[Tensor]:
     """Update the encoder so every discriminator labels its codes real (1); one loss each."""
     with _frozen([c.net for c in critics]):
         losses = [generator_loss(c.net(_critic_input(c.fake, c.condition, noise_std, generator)))
                   for c in critics]
         optimizer_step(torch.stack(losses).sum(), optimizer, grad_sync)
-    return [loss.item() for loss in losses]
+    return [loss.detach() for loss in losses]
 
 
 def supervised_phase(logits: Tensor, labels: Tensor, optimizer: Optimizer,
-                     grad_sync: GradSync | None = None) -> float:
+                     grad_sync: GradSync | None = None) -> Tensor:
     """Update the encoder's categorical head on cross-entropy against the labels."""
     return optimizer_step(F.cross_entropy(logits, labels), optimizer, grad_sync)

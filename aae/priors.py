@@ -2,7 +2,8 @@
 
 Add a prior by writing a class with `dim`, `n_components` and `sample(n, labels=None, generator=None)`,
 whose constructor takes `dim=` as a keyword, and registering it in PRIORS (or pass its import path,
-"package.module:ClassName", to build_prior). Samples are drawn on the CPU; callers move them. A prior with
+"package.module:ClassName", to build_prior). Samples are drawn on the generator's device (the CPU without
+one). A prior with
 components may also have `locate(z) -> (component, on_prior)`: the evaluate stage then reports how well the
 codes fill it (aae.metrics.components_fit).
 """
@@ -34,15 +35,26 @@ def component_indices(n: int, labels: Tensor | None, n_components: int,
                       generator: torch.Generator | None = None) -> Tensor:
     """Each row's component: its label where the label is >= 0, else a uniform draw over all components."""
     # Always drawn, so the generator advances the same way whether or not labels are given.
-    drawn = torch.randint(n_components, (n,), generator=generator)
+    drawn = torch.randint(n_components, (n,), generator=generator, device=device_of(generator))
     if labels is None:
         return drawn
-    labels = labels.detach().to("cpu", torch.int64).reshape(-1)
+    labels = labels.detach().to(drawn.device, torch.int64).reshape(-1)
     if labels.numel() != n:
         raise ValueError(f"got {labels.numel()} labels for {n} samples")
     if bool((labels >= n_components).any()):
         raise ValueError(f"label {int(labels.max())} is out of range for {n_components} components")
     return torch.where(labels >= 0, labels, drawn)
+
+
+def device_of(generator: torch.Generator | None) -> torch.device | None:
+    """Where draws from `generator` land (None: torch's default, the CPU)."""
+    return None if generator is None else generator.device
+
+
+def one_hot(k: Tensor, n: int) -> Tensor:
+    """Float one-hot rows of the indices k: F.one_hot(k, n).float(), but without checking k's range, which
+    on a GPU would wait for the device (and so cannot be captured in a CUDA graph)."""
+    return torch.zeros(len(k), n, device=k.device).scatter_(1, k[:, None], 1.0)
 
 
 def _normal_log_prob(x: Tensor, std: float) -> Tensor:
@@ -62,7 +74,7 @@ class GaussianPrior:
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
                ) -> Tensor:
         """n draws; labels are ignored (no components)."""
-        return self.mean + self.std * torch.randn(n, self.dim, generator=generator)
+        return self.mean + self.std * torch.randn(n, self.dim, generator=generator, device=device_of(generator))
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) per row."""
@@ -97,14 +109,15 @@ class MixturePrior:
                ) -> Tensor:
         """n draws; row i from component labels[i] where labels[i] >= 0, else from the whole mixture."""
         k = component_indices(n, labels, self.n_components, generator)
-        pairs = self.dim // 2
-        along = self.std_along * torch.randn(n, pairs, generator=generator) + self.shift
-        across = self.std_across * torch.randn(n, pairs, generator=generator)
-        cos, sin = self.angles[k].cos()[:, None], self.angles[k].sin()[:, None]
+        pairs, on = self.dim // 2, device_of(generator)
+        along = self.std_along * torch.randn(n, pairs, generator=generator, device=on) + self.shift
+        across = self.std_across * torch.randn(n, pairs, generator=generator, device=on)
+        angles = 2 * math.pi * k.float() / self.n_components  # self.angles[k], computed where k is
+        cos, sin = angles.cos()[:, None], angles.sin()[:, None]
         rotated = torch.stack([along * cos - across * sin, along * sin + across * cos], -1)
         out = rotated.reshape(n, 2 * pairs)
         if self.dim % 2:
-            out = torch.cat([out, self.std_across * torch.randn(n, 1, generator=generator)], 1)
+            out = torch.cat([out, self.std_across * torch.randn(n, 1, generator=generator, device=on)], 1)
         return out
 
     def _frame(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,7 +160,7 @@ class SwissRollPrior:
                ) -> Tensor:
         """n draws; row i from segment labels[i] where labels[i] >= 0, else from the whole roll."""
         k = component_indices(n, labels, self.n_components, generator)
-        root = ((k + torch.rand(n, generator=generator)) / self.n_components).sqrt()
+        root = ((k + torch.rand(n, generator=generator, device=device_of(generator))) / self.n_components).sqrt()
         return self._curve(root)
 
     def _curve(self, root: Tensor) -> Tensor:
@@ -177,7 +190,7 @@ class CategoricalPrior:
                ) -> Tensor:
         """n one-hot rows; row i is one-hot at labels[i] where labels[i] >= 0."""
         k = component_indices(n, labels, self.dim, generator)
-        return torch.nn.functional.one_hot(k, self.dim).float()
+        return one_hot(k, self.dim)
 
 
 class UniformPrior:
@@ -193,7 +206,8 @@ class UniformPrior:
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
                ) -> Tensor:
         """n draws; labels are ignored (no components)."""
-        return self.low + (self.high - self.low) * torch.rand(n, self.dim, generator=generator)
+        draws = torch.rand(n, self.dim, generator=generator, device=device_of(generator))
+        return self.low + (self.high - self.low) * draws
 
 
 PRIORS: dict[str, type] = {

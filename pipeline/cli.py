@@ -156,6 +156,9 @@ def tune(
         int | None, typer.Option("--max-concurrent", help="Trials at once (default: cores // workers-per-trial).")
     ] = None,
     grace_period: Annotated[int, typer.Option("--grace-period", help="Epochs before ASHA may stop a trial.")] = 1,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option("--gpus-per-trial", help="GPUs per trial; 0.25 runs 4 trials per GPU.")
+    ] = None,
     sweep_dir: Annotated[
         Path | None, typer.Option("--sweep-dir", help="Where results land (default: sweeps/<experiment>-<time>).")
     ] = None,
@@ -184,6 +187,7 @@ def tune(
             max_concurrent=max_concurrent,
             grace_period=grace_period,
             address=address,
+            gpus_per_trial=gpus_per_trial,
         )
         tracking = [f"tracking.wandb={wandb}"] if wandb else []
         result = start_sweep(experiment, options, [*(overrides or []), *tracking], space, epochs, sweep_dir)

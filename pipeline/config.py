@@ -98,6 +98,8 @@ class RunConfig(Strict):
     max_failures: int = Field(2, ge=0)
     amp: bool = False
     data_on_device: bool = False
+    cuda_graphs: bool = True  # on CUDA, replay captured training steps (pipeline.cuda_graphs); off: eager
+    steps_per_graph: int = Field(1, gt=0)
 
 
 class EvaluateConfig(Strict):

@@ -3,6 +3,7 @@ validation, checkpoints. It knows nothing of Ray; the runner passes in rank, wor
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -10,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from aae.optim import OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
 from pipeline.config import Config
+from pipeline.cuda_graphs import CapturedSteps
 from pipeline.data import load_label_split, load_split
 from pipeline.data.labels import balanced_subset
 from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_text
@@ -58,10 +60,16 @@ class TrainingData:
     labelled: torch.Tensor  # indices of examples whose label the model may see
     x_val: torch.Tensor
     y_val: torch.Tensor
+    is_labelled: torch.Tensor = field(init=False)  # a bool per training example, from `labelled`
+
+    def __post_init__(self) -> None:
+        self.is_labelled = torch.zeros(len(self.y), dtype=torch.bool, device=self.y.device)
+        self.is_labelled[self.labelled] = True
 
 
 def load_training_data(config: Config, device: torch.device | None = None) -> TrainingData:
-    """Load train/validation, apply data.limit, pick the labelled subset, and flatten images to [0,1] floats."""
+    """Load train/validation, apply data.limit, pick the labelled subset, and flatten images to [0,1] floats.
+    The training split goes to `device` (default: the CPU); the validation split stays on the CPU."""
     data_dir = Path(config.data.data_dir) if config.data.data_dir else None
     images, labels = load_split(config.data.dataset, "train", data_dir)
     val_images, val_labels = load_split(config.data.dataset, "validation", data_dir)
@@ -75,7 +83,7 @@ def load_training_data(config: Config, device: torch.device | None = None) -> Tr
         # The same draw as the prepared label splits, over the first `limit` examples: a limit changes the pool,
         # never the rules.
         labelled = balanced_subset(labels, config.data.labels, config.data.label_seed)
-    on = device if config.run.data_on_device and device is not None else torch.device("cpu")
+    on = device or torch.device("cpu")
     return TrainingData(
         x=to_float(images).to(on),
         y=torch.tensor(labels, dtype=torch.long).to(on),
@@ -117,21 +125,29 @@ def build_training_model(config: Config, data: TrainingData) -> AAEModel:
     return model
 
 
+def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
+    """Whether training steps replay as CUDA graphs: on CUDA unless run.cuda_graphs is off."""
+    return device.type == "cuda" and config.run.cuda_graphs
+
+
 def train(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | None = None) -> dict[str, float]:
     """Train from the last checkpoint in the run directory (or from scratch) to config.train.epochs."""
-    data = load_training_data(config, ctx.device)
+    graphs = uses_cuda_graphs(config, ctx.device)
+    # A captured step gathers its batch on the device, so CUDA graphs bring the training split there too.
+    data = load_training_data(config, ctx.device if config.run.data_on_device or graphs else None)
     # The same seed on every rank: data-parallel workers must start from identical weights.
     torch.manual_seed(config.train.seed)
     model = build_training_model(config, data).to(ctx.device)
     if ctx.world > 1:
         model.grad_sync = average_gradients
     start_epoch, best = restore_latest_checkpoint(model, run, ctx.device)
+    captured = captured_steps(model, data, config, ctx) if graphs else None
     if ctx.rank == 0:
         (run.path / DIVERGED_FILE).unlink(missing_ok=True)  # a stale mark from an earlier attempt
     last: dict[str, float] = {}
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
-        losses = train_one_epoch(model, data, config, ctx, epoch)
+        losses = train_one_epoch(model, data, config, ctx, epoch, captured)
         if not all(math.isfinite(value) for value in losses.values()):
             # Every rank sees the same averaged losses, so all stop here together. The epoch is not
             # checkpointed: the best and last checkpoints stay the last finite ones.
@@ -144,6 +160,10 @@ def train(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | No
         last["time/epoch_s"] = round(time.perf_counter() - started, 3)
         last["time/train_s"] = round(trained - started, 3)
         last["time/examples_per_s"] = round(_examples_per_epoch(config, data) / (trained - started), 1)
+        if captured is not None:
+            last["time/cuda_graphs"] = float(captured.captured)
+            if ctx.rank == 0 and epoch == start_epoch and captured.eager_reason:
+                print(f"CUDA graphs off for this run, training eagerly: {captured.eager_reason}", flush=True)
         if ctx.rank == 0:
             best = save_checkpoint(model, run, epoch, last, best)
             with run.metrics_path.open("a") as log:
@@ -157,33 +177,54 @@ def _examples_per_epoch(config: Config, data: TrainingData) -> int:
     return (len(data.x) // config.train.batch_size) * config.train.batch_size
 
 
-def train_one_epoch(
-    model: AAEModel, data: TrainingData, config: Config, ctx: WorkerContext, epoch: int
-) -> dict[str, float]:
+def epoch_batches(data: TrainingData, config: Config, ctx: WorkerContext, epoch: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's batches of one epoch: (steps, batch) row indices and (steps, labelled batch) indices of
+    labelled rows, on the data's device.
+
+    Every rank draws the same permutation (seeded by epoch) and takes a strided slice of each global batch,
+    so the workers together step through exactly the batches a single process would."""
+    global_batch, labelled_batch = config.train.batch_size, config.train.labelled_batch_size
+    steps = len(data.x) // global_batch
+    order = torch.randperm(len(data.x), generator=_generator(config.train.seed, epoch))
+    rows = order[: steps * global_batch].view(steps, global_batch)[:, ctx.rank :: ctx.world]
+    labelled = _labelled_stream(data, config, epoch)[: steps * labelled_batch]
+    labelled_rows = labelled.view(steps, labelled_batch)[:, ctx.rank :: ctx.world]
+    return rows.to(data.x.device), labelled_rows.to(data.x.device)
+
+
+def captured_steps(model: AAEModel, data: TrainingData, config: Config, ctx: WorkerContext,
+                   capture: bool = True) -> CapturedSteps:
+    """The CUDA-graph runner for this model and data (capture=False: the same buffers, replayed eagerly)."""
+    rows, labelled_rows = epoch_batches(data, config, ctx, 0)  # only their shapes matter here
+    return CapturedSteps(model, functools.partial(make_batch, model, data), tuple(rows.shape),
+                         tuple(labelled_rows.shape), data.x.device, amp=config.run.amp,
+                         steps_per_graph=config.run.steps_per_graph, capture=capture)
+
+
+def train_one_epoch(model: AAEModel, data: TrainingData, config: Config, ctx: WorkerContext, epoch: int,
+                    captured: CapturedSteps | None = None) -> dict[str, float]:
     """One pass over this worker's shard; returns the losses averaged over steps and workers."""
-    # Every rank draws the same permutation (seeded by epoch) and takes a strided slice of each global
-    # batch, so the workers together step through exactly the batches a single process would.
     # Prior draws and noise come from the model's RNG, reseeded from (seed, epoch, rank): each rank draws
     # its own samples, and a run resumed at an epoch boundary repeats exactly what it would have drawn.
     model.generator.manual_seed(config.train.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-    order = torch.randperm(len(data.x), generator=_generator(config.train.seed, epoch))
-    labelled_order = _labelled_stream(data, config, epoch)
-    global_batch, steps = config.train.batch_size, len(data.x) // config.train.batch_size
-    labelled_batch = config.train.labelled_batch_size
-    sums: dict[str, float] = {}
+    rows, labelled_rows = epoch_batches(data, config, ctx, epoch)
     model.train()
-    for step in range(steps):
-        _maybe_inject_fault(ctx, epoch, step)
-        idx = order[step * global_batch : (step + 1) * global_batch][ctx.rank :: ctx.world]
-        lab = labelled_order[step * labelled_batch : (step + 1) * labelled_batch][ctx.rank :: ctx.world]
-        batch = _make_batch(model, data, idx, lab).to(ctx.device)
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.run.amp):
-            losses = model.training_step(batch)
-        for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + value
+    if captured is not None:
+        means = captured.run_epoch(rows, labelled_rows)
+    else:
+        # Summed on the model's device and read once at the end: reading a loss waits for the device.
+        sums: dict[str, torch.Tensor] = {}
+        for step in range(len(rows)):
+            _maybe_inject_fault(ctx, epoch, step)
+            batch = make_batch(model, data, rows[step], labelled_rows[step]).to(ctx.device)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.run.amp):
+                losses = model.training_step(batch)
+            for key, loss in losses.items():
+                sums[key] = sums[key] + loss.double() if key in sums else loss.double()
+        means = {key: float(total) / max(len(rows), 1) for key, total in sums.items()}
     model.end_epoch(epoch)
-    means = {f"train/{key}": value / max(steps, 1) for key, value in sums.items()}
-    return _average_across_workers(means, ctx)
+    return _average_across_workers({f"train/{key}": value for key, value in means.items()}, ctx)
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -199,17 +240,15 @@ def _labelled_stream(data: TrainingData, config: Config, epoch: int) -> torch.Te
     return torch.cat(chunks)[:needed]
 
 
-def _make_batch(model: AAEModel, data: TrainingData, idx: torch.Tensor, lab: torch.Tensor) -> Batch:
-    """The batch a variant asks for: no labels, the labelled subset's labels (-1 elsewhere), or all labels."""
-    idx, lab = idx.to(data.x.device), lab.to(data.x.device)  # the data may live on the GPU (run.data_on_device)
+def make_batch(model: AAEModel, data: TrainingData, idx: torch.Tensor, lab: torch.Tensor) -> Batch:
+    """The batch a variant asks for: no labels, the labelled subset's labels (-1 elsewhere), or all labels.
+    Indices must be on the data's device; nothing here waits on it (a CUDA graph captures this too)."""
     x = data.x[idx]
     if model.label_needs == "none":
         return Batch(x=x)
     if model.label_needs == "all":
         return Batch(x=x, y=data.y[idx])
-    visible = torch.full_like(data.y[idx], -1)
-    known = torch.isin(idx, data.labelled)
-    visible[known] = data.y[idx][known]
+    visible = torch.where(data.is_labelled[idx], data.y[idx], -1)
     return Batch(x=x, y=visible, x_labelled=data.x[lab], y_labelled=data.y[lab])
 
 

@@ -50,6 +50,7 @@ class SweepOptions:
     max_concurrent: int | None = None  # None: as many trials as the cores (or the cluster's CPUs) hold
     grace_period: int = 1  # epochs every trial runs before ASHA may stop it
     address: str | None = None
+    gpus_per_trial: float | None = None  # a fraction packs trials onto one GPU; None: the config's run section
 
 
 @dataclass
@@ -84,6 +85,8 @@ def start_sweep(
     """Check the space and every sampled config, then run the sweep and write its results."""
     _check_options(options)
     flags = {"train.epochs": epochs, "run.workers": options.workers_per_trial, "run.address": options.address}
+    if options.gpus_per_trial is not None:  # shared by the trial's workers
+        flags["run.gpus_per_worker"] = options.gpus_per_trial / options.workers_per_trial
     space = load_search_space(space_path or default_space_path(load_config(experiment, overrides, flags)))
     check_search_fits(space, options.search)
     base = check_trial_configs(space, experiment, overrides, flags)
@@ -185,6 +188,9 @@ def _check_options(options: SweepOptions) -> None:
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})", "pass a positive number")
+    if options.gpus_per_trial is not None and options.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial must be 0 or more (got {options.gpus_per_trial:g})",
+                        "pass a fraction such as 0.25 to run four trials on each GPU, or 0 for CPUs")
 
 
 def _connect(
@@ -199,6 +205,8 @@ def _connect(
     cores = os.cpu_count() or 1
     if local:  # Ray gets logical CPUs for every concurrent trial's workers; threads share the real cores
         concurrent = options.max_concurrent or max(1, cores // wpt)
+        if plan.gpus and not options.max_concurrent:  # as many trials as the GPUs hold (e.g. 4 at 0.25 GPU)
+            concurrent = min(concurrent, max(1, int(cluster.local_gpus() // (wpt * plan.gpus))))
         cluster.connect(None, replace(plan, workers=wpt * concurrent))
         threads = max(1, cores // (wpt * concurrent))
     else:  # a cluster must hold one trial; by default as many run at once as its CPUs hold

@@ -86,15 +86,17 @@ class AAEModel(nn.Module):
         self.schedulers: dict[str, LRScheduler] = {}
         # Prior draws and encoder noise come from the model's own RNG so a resumed run repeats them exactly;
         # seeded from the global RNG so the caller's torch.manual_seed still decides everything.
-        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
+        self._generator_seed = int(torch.randint(2**62, ()).item())
+        self._generator = torch.Generator().manual_seed(self._generator_seed)
 
     # -- what subclasses provide -------------------------------------------------------------------
     def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameters each phase's optimiser updates (keys from aae.optim.PHASES)."""
         raise NotImplementedError
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
-        """Run every phase of the variant on one batch; returns each loss as a float."""
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        """Run every phase of the variant on one batch; returns each loss as a detached 0-dim tensor on the
+        model's device (float() reads one; the training loop sums them there, see aae.phases)."""
         raise NotImplementedError
 
     def encode(self, x: Tensor) -> Tensor:
@@ -127,6 +129,17 @@ class AAEModel(nn.Module):
     def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Pixel probabilities of x passed through the autoencoder (labels only for label-fed decoders)."""
         return self.decode(self.encode(x))
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The training RNG (prior draws, encoder and discriminator noise), on the parameters' device: on a GPU
+        the draws then stay on the GPU, and a CUDA graph can capture them. Moving the model starts it afresh
+        from the same seed (the training loop reseeds it every epoch anyway)."""
+        device = self.device
+        if self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self._generator_seed)
+        return self._generator
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self, config: OptimConfig | None = None) -> None:
@@ -172,7 +185,10 @@ class AAEModel(nn.Module):
                 self.optimizers[phase].load_state_dict(opt_state)
             for phase, sched_state in state["schedulers"].items():
                 self.schedulers[phase].load_state_dict(sched_state)
-        self.generator.set_state(state["generator"])
+        if state["generator"].numel() == self.generator.get_state().numel():
+            self.generator.set_state(state["generator"])
+        # else the state was saved on another kind of device; the training loop reseeds the generator at the
+        # start of every epoch, and checkpoints are taken between epochs, so nothing is lost.
 
     # -- helpers for subclasses --------------------------------------------------------------------
     @property
@@ -182,7 +198,7 @@ class AAEModel(nn.Module):
 
     def prior_sample(self, prior: Prior, n: int, labels: Tensor | None = None) -> Tensor:
         """n prior draws from the training RNG, on the model's device."""
-        return prior.sample(n, labels, generator=self.generator).to(self.device)
+        return prior.sample(n, labels, generator=self.generator)
 
     def infer(self, x: Tensor) -> EncoderOutput:
         """Encode without gradients for evaluation; a Gaussian encoder's code is its posterior mean."""

@@ -61,14 +61,14 @@ class CategoricalAAE(AAEModel):
             phases["supervised"] = list(self.encoder.parameters())
         return phases
 
-    def reconstruct(self, x: Tensor, penalty: Tensor | None = None) -> float:
+    def reconstruct(self, x: Tensor, penalty: Tensor | None = None) -> Tensor:
         """Reconstruction phase through [softmax(y), z]; `penalty` joins the same step."""
         out = self.encoder(x, self.generator)
         logits = self.decoder(self.representation(out.logits.softmax(1), out.code))
         return reconstruction_phase(logits, x, self.optimizer("reconstruction"), self.grad_sync,
                                     self.config.recon_loss, penalty)
 
-    def regularise(self, x: Tensor) -> dict[str, float]:
+    def regularise(self, x: Tensor) -> dict[str, Tensor]:
         """Both discriminators (prior = 1, codes = 0), then the encoder fools both (codes labelled 1)."""
         n, rng, noise = len(x), self.generator, self.config.disc_noise_std
         with torch.no_grad():
@@ -81,7 +81,7 @@ class CategoricalAAE(AAEModel):
         gen_y, gen_z = generator_phase(critics, self.optimizer("generator"), self.grad_sync, noise, rng)
         return {"disc_y_loss": disc_y, "disc_z_loss": disc_z, "gen_y_loss": gen_y, "gen_z_loss": gen_z}
 
-    def supervise(self, batch: Batch) -> dict[str, float]:
+    def supervise(self, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of q(y|x) on the batch's labelled examples; nothing if it has none."""
         labelled = batch.labelled()
         if labelled is None:

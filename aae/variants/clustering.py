@@ -26,7 +26,7 @@ class ClusteringAAE(CategoricalAAE):
     def __init__(self, config: ClusteringConfig) -> None:
         super().__init__(config, config.n_clusters, config.n_clusters + config.z_dim)
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction; both discriminators; the generator."""
         losses = {"recon_loss": self.reconstruct(batch.x)}
         losses.update(self.regularise(batch.x))

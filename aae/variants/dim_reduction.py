@@ -56,10 +56,10 @@ class DimReductionAAE(CategoricalAAE):
         """The m cluster heads (the columns of W_C), shape (m, n)."""
         return self.heads.weight.detach().T
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction + head hinge; both discriminators; the generator; cross-entropy if use_labels."""
         hinge = cluster_head_hinge(self.heads.weight.T, self.config.eta)
-        losses = {"recon_loss": self.reconstruct(batch.x, penalty=hinge), "hinge_loss": hinge.item()}
+        losses = {"recon_loss": self.reconstruct(batch.x, penalty=hinge), "hinge_loss": hinge.detach()}
         losses.update(self.regularise(batch.x))
         if self.config.use_labels:
             losses.update(self.supervise(batch))

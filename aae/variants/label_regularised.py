@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aae.batch import Batch
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase
-from aae.priors import build_prior
+from aae.priors import build_prior, one_hot
 from aae.variants.base import AAEModel, AdversarialConfig
 
 
@@ -59,9 +58,9 @@ class LabelRegularisedAAE(AAEModel):
     def label_code(self, y: Tensor) -> Tensor:
         """(n+1)-way one-hot: the class, or the last ("unlabelled") entry where y is -1."""
         n = self.config.n_classes
-        return F.one_hot(torch.where(y >= 0, y, n), n + 1).float()
+        return one_hot(torch.where(y >= 0, y, n), n + 1)
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction, then the label-conditioned discriminator and generator."""
         x, c, rng = batch.x, self.config, self.generator
         y = batch.y if batch.y is not None else torch.full((len(x),), -1, dtype=torch.long, device=x.device)

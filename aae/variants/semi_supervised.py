@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from aae.batch import Batch
 from aae.variants.categorical import CategoricalAAE, CategoricalConfig
 
@@ -28,7 +30,7 @@ class SemiSupervisedAAE(CategoricalAAE):
     def __init__(self, config: SemiSupervisedConfig) -> None:
         super().__init__(config, config.n_classes, config.n_classes + config.z_dim)
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction; both discriminators; the generator; cross-entropy on the labelled examples.
 
         The labelled examples are batch.x_labelled/y_labelled, else the rows of batch.x with y >= 0;

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aae.batch import Batch
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase
-from aae.priors import GaussianPrior, build_prior
+from aae.priors import GaussianPrior, build_prior, one_hot
 from aae.variants.base import AAEModel, AdversarialConfig
 
 
@@ -50,9 +49,9 @@ class SupervisedAAE(AAEModel):
 
     def decoder_input(self, z: Tensor, y: Tensor) -> Tensor:
         """[one-hot y, z], what the decoder reads."""
-        return torch.cat([F.one_hot(y, self.config.n_classes).to(z), z], 1)
+        return torch.cat([one_hot(y, self.config.n_classes).to(z), z], 1)
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction from (y, z), then the discriminator and generator on z."""
         x, y, c, rng = batch.x, batch.y, self.config, self.generator
         if y is None or bool((y < 0).any()):

@@ -46,7 +46,7 @@ class UnsupervisedAAE(AAEModel):
             "generator": list(self.encoder.parameters()),
         }
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction, then the discriminator (prior = 1, codes = 0), then the generator (codes = 1)."""
         x, c, rng = batch.x, self.config, self.generator
         recon = reconstruction_phase(self.decoder(self.encoder(x, rng).code), x,

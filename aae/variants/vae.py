@@ -60,14 +60,14 @@ class VAE(AAEModel):
             return gaussian_kl(out.mean, out.logvar, self.prior.mean, self.prior.std)
         return monte_carlo_kl(out.code, out.mean, out.logvar, self.prior.log_prob)
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """One step on reconstruction + KL (averaged over the batch, like the reconstruction)."""
         x = batch.x
         out = self.encoder(x, self.generator)
         kl = self.kl(out).mean()
         recon = reconstruction_phase(self.decoder(out.code), x, self.optimizer("reconstruction"),
                                      self.grad_sync, self.config.recon_loss, penalty=kl)
-        return {"recon_loss": recon, "kl_loss": kl.item()}
+        return {"recon_loss": recon, "kl_loss": kl.detach()}
 
     def encode(self, x: Tensor) -> Tensor:
         """Posterior mean for each row of x."""

@@ -66,7 +66,7 @@ def connect(address: str | None, plan: WorkerResources) -> None:
         ray.init(
             address="local",
             num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
-            num_gpus=_local_gpus(),
+            num_gpus=local_gpus(),
             include_dashboard=False,
             **_INIT_OPTIONS,
         )
@@ -192,7 +192,8 @@ def _available_memory() -> int | None:
     return None
 
 
-def _local_gpus() -> int:
+def local_gpus() -> int:
+    """The CUDA devices this machine has (0 without CUDA)."""
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -209,7 +210,8 @@ def check_capacity(plan: WorkerResources) -> None:
     if need_gpus > gpus:
         raise UserError(
             f"this run asks for {plan.workers} workers x {plan.gpus:g} GPU but the Ray cluster has {gpus:g} GPUs",
-            "use --gpus-per-worker 0 to train on CPUs, fewer --workers, or a cluster with GPU nodes",
+            "use --gpus-per-worker 0 (tune: --gpus-per-trial 0) to train on CPUs, fewer --workers, or a cluster "
+            "with GPU nodes",
         )
     if need_cpus > cpus:
         raise UserError(

@@ -53,7 +53,8 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     rates = ", ".join(f"{phase} {optim.lr(phase):g}" for phase in PHASES)
     console.print(
         f"training {config.experiment} on {plan.workers} worker(s) x {plan.threads} thread(s)"
-        f"{' + GPU' if plan.gpus else ''}: global batch {config.train.batch_size} "
+        f"{(' + GPU, CUDA graphs' if config.run.cuda_graphs else ' + GPU') if plan.gpus else ''}: "
+        f"global batch {config.train.batch_size} "
         f"(~{per_worker} per worker, gradients averaged); {optim.kind} learning rates {rates} "
         f"(not rescaled by the worker count), x{optim.decay_factor:g} after epochs {list(optim.decay_epochs)}"
     )

@@ -49,7 +49,7 @@ def fit(model: AAEModel, x: torch.Tensor, y: torch.Tensor | None = None, steps: 
             lab = labelled[torch.randint(len(labelled), (batch_size,), generator=g)]
             batch.x_labelled, batch.y_labelled = x[lab], y[lab]
             batch.y = None
-        history.append(model.training_step(batch))
+        history.append({key: float(loss) for key, loss in model.training_step(batch).items()})
     return history
 
 

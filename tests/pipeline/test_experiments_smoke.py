@@ -10,9 +10,9 @@ import torch
 from pipeline.config import list_experiments, load_config
 from pipeline.training import (
     WorkerContext,
-    _make_batch,
     build_training_model,
     load_training_data,
+    make_batch,
     validate,
     validation_metric,
 )
@@ -30,7 +30,7 @@ def test_experiment_trains_two_steps_with_finite_losses(experiment: str, synthet
     model = build_training_model(config, data)
     for step in range(2):
         idx = torch.arange(step * 50, (step + 1) * 50)
-        losses = model.training_step(_make_batch(model, data, idx, data.labelled[:50]).to(WorkerContext().device))
+        losses = model.training_step(make_batch(model, data, idx, data.labelled[:50]))
         assert losses and all(math.isfinite(value) for value in losses.values()), losses
     metrics = validate(model, data, WorkerContext())
     expected = {"classes": "val/error", "clusters": "val/cluster_error", None: "val/recon_bce"}[model.y_head]

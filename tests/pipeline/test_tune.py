@@ -39,6 +39,7 @@ def trial_epochs(sweep: Path) -> dict[str, list[int]]:
         (["--search", "optuna"], "write {choice: [...]} instead of {grid: [...]}"),
         (["--set", "model.params.z_dim=3"], "both searched and --set"),
         (["--scheduler", "hyperband"], "unknown scheduler"),
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial must be 0 or more"),
     ],
 )
 def test_tune_mistakes_are_one_line_exit_2_and_leave_nothing(args: list[str], expected: str, tmp_path) -> None:
@@ -47,6 +48,15 @@ def test_tune_mistakes_are_one_line_exit_2_and_leave_nothing(args: list[str], ex
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without GPUs")
+def test_gpu_trials_on_a_machine_without_gpus_are_refused_before_anything_is_written(tmp_path) -> None:
+    (tmp_path / "grid.yaml").write_text(GRID)
+    result = run_cli("tune", "unsup-gaussian", "--space", "grid.yaml", "--gpus-per-trial", "0.25", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "0.25 GPU but the Ray cluster has 0 GPUs" in result.stderr and "--gpus-per-worker 0" in result.stderr
     assert not (tmp_path / "sweeps").exists()
 
 
