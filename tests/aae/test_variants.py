@@ -127,3 +127,13 @@ def test_conv_networks_take_3x32x32_images() -> None:
     x = torch.rand(2, 3, 32, 32)
     losses = model.training_step(Batch(x))
     assert losses["recon_loss"] > 0 and model.sample(3).shape == (3, 3, 32, 32)
+
+
+
+def test_y_scale_sets_the_labels_magnitude_at_the_decoder_input() -> None:
+    plain, scaled = tiny("supervised"), tiny("supervised", y_scale=10.0)
+    z, y = torch.zeros(4, plain.config.z_dim), torch.arange(4)
+    assert torch.equal(scaled.decoder_input(z, y), torch.cat([10 * plain.decoder_input(z, y)[:, :10], z], 1))
+    assert all(torch.isfinite(v) for v in scaled.training_step(batch_of(8, 0)).values())
+    with pytest.raises(ValueError, match="y_scale must be positive"):
+        tiny("supervised", y_scale=0.0)
