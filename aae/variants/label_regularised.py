@@ -28,6 +28,12 @@ class LabelRegularisedConfig(AdversarialConfig):
     n_classes: int = 10
     prior: str = "mixture"
     prior_params: dict[str, Any] = field(default_factory=dict)
+    y_scale: float = 1.0  # the one-hot's magnitude at the discriminator's input (not in the paper)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.y_scale <= 0:
+            raise ValueError("y_scale must be positive")
 
 
 class LabelRegularisedAAE(AAEModel):
@@ -58,7 +64,7 @@ class LabelRegularisedAAE(AAEModel):
     def label_code(self, y: Tensor) -> Tensor:
         """(n+1)-way one-hot: the class, or the last ("unlabelled") entry where y is -1."""
         n = self.config.n_classes
-        return one_hot(torch.where(y >= 0, y, n), n + 1)
+        return self.config.y_scale * one_hot(torch.where(y >= 0, y, n), n + 1)
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction, then the label-conditioned discriminator and generator."""

@@ -137,3 +137,12 @@ def test_y_scale_sets_the_labels_magnitude_at_the_decoder_input() -> None:
     assert all(torch.isfinite(v) for v in scaled.training_step(batch_of(8, 0)).values())
     with pytest.raises(ValueError, match="y_scale must be positive"):
         tiny("supervised", y_scale=0.0)
+
+
+def test_label_regularised_y_scale_sets_the_conditions_magnitude() -> None:
+    plain, scaled = tiny("label_regularised"), tiny("label_regularised", y_scale=5.0)
+    y = torch.tensor([0, 3, -1])
+    assert torch.equal(scaled.label_code(y), 5 * plain.label_code(y))
+    assert plain.label_code(y)[2, -1] == 1  # the "unlabelled" entry
+    with pytest.raises(ValueError, match="y_scale must be positive"):
+        tiny("label_regularised", y_scale=-1.0)
