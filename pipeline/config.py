@@ -136,6 +136,13 @@ class Config(Strict):
             raise ValueError(
                 f"data.labels={self.data.labels} is more than the {available} training examples available"
             )
+        if self.run.workers > 1 and 0 < self.run.gpus_per_worker < 1:
+            # NCCL refuses two ranks of one group on one device, and Ray packs GPU shares onto one GPU.
+            raise ValueError(
+                f"{self.run.workers} workers with {self.run.gpus_per_worker:g} GPU each would share a GPU, which "
+                "NCCL cannot do: give each worker a whole GPU (--gpus-per-worker 1), or train on one worker "
+                "(a GPU share suits one worker, or a Tune trial with --workers-per-trial 1)"
+            )
         if self.train.batch_size < self.run.workers:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} cannot be split across {self.run.workers} workers"

@@ -48,6 +48,7 @@ def test_overrides_reach_nested_keys_and_model_params() -> None:
         (["model.params.not_a_param=3"], "not_a_param"),
         (["model.variant=transformer"], "model.variant"),
         (["no-equals-sign"], "no-equals-sign"),
+        (["run.workers=2", "run.gpus_per_worker=0.5"], "would share a GPU, which NCCL cannot do"),
     ],
 )
 def test_bad_overrides_are_one_line_errors_naming_the_key(overrides: list[str], named: str) -> None:
