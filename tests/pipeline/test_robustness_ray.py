@@ -280,9 +280,7 @@ def wait_for_epochs(run_dir: Path, process: subprocess.Popen, count: int = 1, ti
 def test_ctrl_c_says_what_was_kept_and_how_to_continue(synthetic_dataset, tmp_path, ray_tmp) -> None:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     run_dir = tmp_path / "run"
-    # Enough epochs that training cannot finish before the interrupt lands (an epoch of the tiny run takes
-    # a fraction of a second; with 30 the whole run once ended first, under load, and exited 0).
-    process = start_run(run_dir, synthetic_dataset, "semisup", "--epochs", "1000", "--workers", "2", env=env)
+    process = start_run(run_dir, synthetic_dataset, "semisup", "--epochs", "30", "--workers", "2", env=env)
     wait_for_epochs(run_dir, process)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
     _, err = process.communicate(timeout=120)
@@ -302,7 +300,7 @@ def test_ctrl_c_says_what_was_kept_and_how_to_continue(synthetic_dataset, tmp_pa
 def test_a_killed_driver_is_recognised_and_its_run_continues(synthetic_dataset, tmp_path, ray_tmp) -> None:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     run_dir = tmp_path / "run"
-    process = start_run(run_dir, synthetic_dataset, "semisup", "--epochs", "1000", env=env)
+    process = start_run(run_dir, synthetic_dataset, "semisup", "--epochs", "30", env=env)
     wait_for_epochs(run_dir, process)
     busy = run_cli("run", "--resume", str(run_dir), cwd=tmp_path, env={"RAY_TMPDIR": str(ray_tmp)})
     assert busy.returncode == 2 and "in use by another aae-pipeline process" in busy.stderr
