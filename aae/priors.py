@@ -96,7 +96,7 @@ class MixturePrior:
             raise ValueError("MixturePrior needs dim >= 2 and n_components >= 1")
         self.dim, self.n_components = dim, n_components
         self.shift, self.std_along, self.std_across = float(shift), float(std_along), float(std_across)
-        self.angles = 2 * math.pi * torch.arange(n_components, dtype=torch.float32) / n_components
+        self.angles = self._angle(torch.arange(n_components))
 
     def means(self) -> Tensor:
         """Component means (K, dim)."""
@@ -112,13 +112,17 @@ class MixturePrior:
         pairs, on = self.dim // 2, device_of(generator)
         along = self.std_along * torch.randn(n, pairs, generator=generator, device=on) + self.shift
         across = self.std_across * torch.randn(n, pairs, generator=generator, device=on)
-        angles = 2 * math.pi * k.float() / self.n_components  # self.angles[k], computed where k is
+        angles = self._angle(k)  # self.angles[k], computed where k is
         cos, sin = angles.cos()[:, None], angles.sin()[:, None]
         rotated = torch.stack([along * cos - across * sin, along * sin + across * cos], -1)
         out = rotated.reshape(n, 2 * pairs)
         if self.dim % 2:
             out = torch.cat([out, self.std_across * torch.randn(n, 1, generator=generator, device=on)], 1)
         return out
+
+    def _angle(self, k: Tensor) -> Tensor:
+        """The direction of component k's axis."""
+        return 2 * math.pi * k.float() / self.n_components
 
     def _frame(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Each code's offsets (N, K, pairs) along and across every component's axis, from its centre."""

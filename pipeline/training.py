@@ -196,9 +196,11 @@ def epoch_batches(data: TrainingData, config: Config, ctx: WorkerContext, epoch:
 def captured_steps(model: AAEModel, data: TrainingData, config: Config, ctx: WorkerContext,
                    capture: bool = True) -> CapturedSteps:
     """The CUDA-graph runner for this model and data (capture=False: the same buffers, replayed eagerly)."""
-    rows, labelled_rows = epoch_batches(data, config, ctx, 0)  # only their shapes matter here
-    return CapturedSteps(model, functools.partial(make_batch, model, data), tuple(rows.shape),
-                         tuple(labelled_rows.shape), data.x.device, amp=config.run.amp,
+    steps = len(data.x) // config.train.batch_size
+    per_rank = (len(range(ctx.rank, config.train.batch_size, ctx.world)),  # the shapes epoch_batches gives
+                len(range(ctx.rank, config.train.labelled_batch_size, ctx.world)))
+    return CapturedSteps(model, functools.partial(make_batch, model, data), (steps, per_rank[0]),
+                         (steps, per_rank[1]), data.x.device, amp=config.run.amp,
                          steps_per_graph=config.run.steps_per_graph, capture=capture)
 
 

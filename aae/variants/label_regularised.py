@@ -17,7 +17,7 @@ from aae.batch import Batch
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase
 from aae.priors import build_prior, one_hot
-from aae.variants.base import AAEModel, AdversarialConfig
+from aae.variants.base import AAEModel, AdversarialConfig, _check
 
 
 @dataclass
@@ -32,8 +32,7 @@ class LabelRegularisedConfig(AdversarialConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.y_scale <= 0:
-            raise ValueError("y_scale must be positive")
+        _check(self.y_scale > 0, "y_scale must be positive")
 
 
 class LabelRegularisedAAE(AAEModel):
