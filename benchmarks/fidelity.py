@@ -9,6 +9,10 @@ the figure measures. A run trained through the CLI (benchmarks/reproduce.py) is 
 
     python benchmarks/fidelity.py record --record-as dimred-2d --keep benchmarks/runs/reproduce/dimred-2d-1000 \
         --note "committed config, full MNIST"
+
+On a GPU (`--device cuda`), `--minutes M` ends training after the first epoch that finishes past M minutes
+(the long curves), `--results FILE` logs elsewhere and `--figures DIR` copies the run's figures there.
+Many settings side by side: benchmarks/fidelity_batch.py.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +30,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.rundir import RunDir
 from pipeline.stages.evaluate import evaluate
+from pipeline.stages.visualize import visualize
 from pipeline.training import DIVERGED_FILE, WorkerContext, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.jsonl"
@@ -48,6 +54,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep the run directory here (default: a temp dir)")
     parser.add_argument("--record-as", help="with 'record': the experiment the run at --keep trained")
+    parser.add_argument("--device", default="cpu", help="train on this torch device (cuda: CUDA graphs)")
+    parser.add_argument("--minutes", type=float, help="stop after the first epoch that ends past this")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the log to append to")
+    parser.add_argument("--figures", type=Path, help="also draw the run's figures and copy them here")
     args = parser.parse_args()
     if args.experiment == "table":
         print(table(), end="")
@@ -55,34 +65,53 @@ def main() -> None:
     if args.experiment == "record":  # a run made elsewhere, e.g. by reproduce.py through the CLI
         if not args.keep or not args.record_as:
             parser.error("record needs --keep RUN_DIR and --record-as EXPERIMENT")
-        row = record(args.record_as, RunDir(args.keep), args.overrides, args.note)
+        row = record(args.record_as, RunDir(args.keep), args.overrides, args.note, results=args.results)
         print(json.dumps({key: row[key] for key in SHOWN if key in row}))
         return
     if args.epochs is None:
         parser.error("--epochs is required to train")
     torch.set_num_threads(args.threads)
-    row = fidelity_run(args.experiment, args.epochs, args.overrides, args.note, args.keep)
+    row = fidelity_run(args.experiment, args.epochs, args.overrides, args.note, args.keep,
+                       device=torch.device(args.device), minutes=args.minutes, results=args.results,
+                       figures=args.figures)
     shown = "  ".join(f"{key.removeprefix('test/')} {_fmt(row[key])}" for key in SHOWN if key in row)
     print(f"{args.experiment} {' '.join(args.overrides)} | {row['epochs']} epochs"
           f"{' DIVERGED' if row['diverged'] else ''} | {shown} | {row['seconds']}s")
 
 
-def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, keep: Path | None = None
-                 ) -> dict:
-    """Train and score one setting in this process; append its row to fidelity.jsonl and return it."""
+class _OutOfTime(Exception):
+    """Raised after the epoch that ends past the --minutes limit."""
+
+
+def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, keep: Path | None = None, *,
+                 device: torch.device = torch.device("cpu"), minutes: float | None = None,
+                 results: Path = RESULTS, figures: Path | None = None) -> dict:
+    """Train and score one setting in this process; append its row to the results log and return it."""
     config = load_config(experiment, [*overrides, f"train.epochs={epochs}", "tracking.wandb=disabled",
                                       "evaluate.parzen_samples=2000"])
+    started = time.perf_counter()
+
+    def stop_when_out_of_time(metrics: dict[str, float]) -> None:
+        if minutes is not None and time.perf_counter() - started > 60 * minutes:
+            raise _OutOfTime
+
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(keep or Path(tmp) / "run")
         run.path.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        train(config, run, WorkerContext())
+        try:
+            train(config, run, WorkerContext(device=device), report=stop_when_out_of_time)
+        except _OutOfTime:
+            note = f"{note} (stopped after {minutes:g} min)".strip()
         test = evaluate(config, run) if run.read_metrics() else {}
-        return record(experiment, run, overrides, note, test, round(time.perf_counter() - started))
+        if figures is not None and test:
+            figures.mkdir(parents=True, exist_ok=True)
+            for name, relative in visualize(config, run).items():
+                shutil.copy(run.path / relative, figures / f"{experiment}-{name}.png")
+        return record(experiment, run, overrides, note, test, round(time.perf_counter() - started), results)
 
 
 def record(experiment: str, run: RunDir, overrides: list[str], note: str, test: dict | None = None,
-           seconds: int | None = None) -> dict:
+           seconds: int | None = None, results: Path = RESULTS) -> dict:
     """Append a trained run's fidelity row (its test metrics, validation curve, divergence) and return it."""
     history = run.read_metrics()
     if test is None:
@@ -94,8 +123,8 @@ def record(experiment: str, run: RunDir, overrides: list[str], note: str, test: 
         **{key: value for key, value in test.items() if key in SHOWN},
         "curve": [{k: v for k, v in h.items() if k.startswith("val/") or k == "epoch"} for h in history],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as log:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as log:
         log.write(json.dumps(row) + "\n")
     return row
 
