@@ -72,7 +72,7 @@ def main() -> None:
         parser.error("--epochs is required to train")
     torch.set_num_threads(args.threads)
     row = fidelity_run(args.experiment, args.epochs, args.overrides, args.note, args.keep,
-                       device=torch.device(args.device), minutes=args.minutes, results=args.results,
+                       device=args.device, minutes=args.minutes, results=args.results,
                        figures=args.figures)
     shown = "  ".join(f"{key.removeprefix('test/')} {_fmt(row[key])}" for key in SHOWN if key in row)
     print(f"{args.experiment} {' '.join(args.overrides)} | {row['epochs']} epochs"
@@ -84,7 +84,7 @@ class _OutOfTime(Exception):
 
 
 def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, keep: Path | None = None, *,
-                 device: torch.device = torch.device("cpu"), minutes: float | None = None,
+                 device: str = "cpu", minutes: float | None = None,
                  results: Path = RESULTS, figures: Path | None = None) -> dict:
     """Train and score one setting in this process; append its row to the results log and return it."""
     config = load_config(experiment, [*overrides, f"train.epochs={epochs}", "tracking.wandb=disabled",
@@ -99,7 +99,7 @@ def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, 
         run = RunDir(keep or Path(tmp) / "run")
         run.path.mkdir(parents=True, exist_ok=True)
         try:
-            train(config, run, WorkerContext(device=device), report=stop_when_out_of_time)
+            train(config, run, WorkerContext(device=torch.device(device)), report=stop_when_out_of_time)
         except _OutOfTime:
             note = f"{note} (stopped after {minutes:g} min)".strip()
         test = evaluate(config, run) if run.read_metrics() else {}

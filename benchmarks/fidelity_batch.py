@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 FIDELITY = Path(__file__).resolve().parent / "fidelity.py"
 
@@ -40,30 +41,33 @@ def run_batch(jobs: list[list[str]], common: list[str], parallel: int, seconds: 
     """Run the jobs, `parallel` at a time, inside `seconds`; returns how many did not finish cleanly."""
     started = time.monotonic()
     pending = list(enumerate(jobs, 1))
-    running: dict[int, tuple[subprocess.Popen, list[str]]] = {}
+    running: dict[int, tuple[subprocess.Popen, IO[str]]] = {}
     failed = 0
     while pending or running:
         left = seconds - (time.monotonic() - started)
         while pending and len(running) < parallel and left > min_left:
             number, job = pending.pop(0)
             log = (log_dir / f"job{number:02d}.log").open("w")
-            running[number] = (subprocess.Popen([sys.executable, str(FIDELITY), *job, *common], stdout=log,
-                                                stderr=subprocess.STDOUT), job)
+            process = subprocess.Popen([sys.executable, str(FIDELITY), *job, *common], stdout=log,
+                                       stderr=subprocess.STDOUT)
+            running[number] = (process, log)
             _say(started, f"job {number} started: {shlex.join(job)}")
         if left <= min_left and pending:
             _say(started, f"{len(pending)} jobs not started: out of time")
             pending.clear()
-        for number, (process, job) in list(running.items()):
-            if process.poll() is not None:
-                del running[number]
-                failed += process.returncode != 0
-                _say(started, f"job {number} ended with exit {process.returncode}")
-            elif left <= 0:
+        for number, (process, log) in list(running.items()):
+            if process.poll() is None and left <= 0:
                 process.terminate()
                 process.wait()
-                del running[number]
-                failed += 1
                 _say(started, f"job {number} stopped: out of time")
+                failed += 1
+            elif process.poll() is not None:
+                failed += process.returncode != 0
+                _say(started, f"job {number} ended with exit {process.returncode}")
+            else:
+                continue
+            log.close()
+            del running[number]
         time.sleep(1)
     return failed
 
