@@ -87,7 +87,8 @@ def run_experiment(
     wanted = [(stage, force or index >= redo_from) for index, stage in enumerate(STAGES) if stage.name in stages]
     requested = config  # what config.yaml keeps: a later re-run decides W&B's mode afresh
     config = settle_tracking(config, run.path)  # W&B decided once, before the track stage's input hash is taken
-    if not all(not redo and _reusable(stage, config, run) for stage, redo in wanted):
+    uses_ray = not all(not redo and _reusable(stage, config, run) for stage, redo in wanted)
+    if uses_ray:
         from pipeline.stages.train import connect_cluster
 
         connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
@@ -100,6 +101,10 @@ def run_experiment(
             driver={"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
         console.print(f"run directory: {run.path}")
+        if uses_ray and config.run.address:
+            from pipeline.ray.nodes import check_shared
+
+            check_shared(run.path)  # workers and stage tasks on other nodes must see this directory
         for stage, redo in wanted:
             try:
                 _run_stage(stage, config, run, redo)
@@ -188,7 +193,9 @@ def _run_stage(stage: Stage, config: Config, run: RunDir, redo: bool) -> None:
 
 def _execute(stage: Stage, config: Config, run: RunDir) -> dict[str, Any]:
     if not stage.as_task:
-        return stage.run(config, run)
+        from pipeline.ray.nodes import this_node
+
+        return {**stage.run(config, run), "node": this_node()}
     from pipeline.ray.tasks import run_as_task
 
     return run_as_task(stage.run, config, run)

@@ -102,6 +102,7 @@ def start_sweep(
 
     base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
     _open_sweep_dir(path, base, space, options, metric)
+    _check_nodes_see(path, options)
     from pipeline.ray.tune import new_tuner
 
     _fit(new_tuner(setup, options, metric, base.train.epochs, base.train.seed), path)
@@ -142,6 +143,7 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
         settled = load_config(str(path / BASE_FILE), [], {"tracking.wandb": tracking.wandb})
         atomic_write_text(path / BASE_FILE, config_to_yaml(settled))
     _write_manifest(path, {**manifest, "status": "running"})
+    _check_nodes_see(path, options)
     console.print(f"resuming sweep {path}")
     from pipeline.ray.tune import restore_tuner
 
@@ -193,6 +195,14 @@ def _check_options(options: SweepOptions) -> None:
                         "pass a fraction such as 0.25 to run four trials on each GPU, or 0 for CPUs")
 
 
+def _check_nodes_see(path: Path, options: SweepOptions) -> None:
+    """On a cluster, every node must see the sweep directory: trials write their runs under it."""
+    if options.address:
+        from pipeline.ray.nodes import check_shared
+
+        check_shared(path, "sweep directory")
+
+
 def _connect(
     path: Path, base: Config, space: SearchSpace, options: SweepOptions, metric: str
 ) -> tuple[Any, SweepOptions]:
@@ -214,7 +224,7 @@ def _connect(
         concurrent = options.max_concurrent or cluster.trials_that_fit(plan)
         threads = plan.threads
     setup = TrialSetup(
-        sweep_dir=str(path), base_config=str(path / BASE_FILE), sweep_name=path.name, space=space,
+        sweep_dir=str(path.resolve()), base_config=str(path.resolve() / BASE_FILE), sweep_name=path.name, space=space,
         plan=replace(plan, threads=threads), threads=threads, metric=metric,
     )
     return setup, replace(options, max_concurrent=concurrent)

@@ -16,7 +16,7 @@ def run_as_task(fn: StageFn, config: Config, run: RunDir) -> dict[str, Any]:
 
     task = ray.remote(num_cpus=1, max_retries=0)(_call)
     try:
-        return ray.get(task.remote(fn, config, run))
+        return ray.get(task.remote(fn, config, RunDir(run.path.resolve())))  # one path on every node
     except RayTaskError as err:
         cause = getattr(err, "cause", None)
         if isinstance(cause, BaseException):
@@ -27,8 +27,10 @@ def run_as_task(fn: StageFn, config: Config, run: RunDir) -> dict[str, Any]:
 def _call(fn: StageFn, config: Config, run: RunDir) -> dict[str, Any]:
     import torch
 
+    from pipeline.ray.nodes import this_node
+
     torch.set_num_threads(max(1, int(ray_cpus())))
-    return fn(config, run)
+    return {**fn(config, run), "node": this_node()}  # the manifest says where each stage ran
 
 
 def ray_cpus() -> float:

@@ -12,6 +12,7 @@ from ray.train import TrainingFailedError
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.ray.cluster import WorkerResources
+from pipeline.ray.nodes import record_worker
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.tracking import NullTracker, Tracker, dataset_artifact, make_tracker
 
@@ -42,6 +43,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     config = Config.model_validate(loop_config["config"])
     run = RunDir(Path(loop_config["run_dir"]))
+    record_worker(run, worker.rank)
     if worker.rank == 0:
         record_placement_group(run)
     # Only rank 0 tracks (Ray's setup_wandb(rank_zero_only=True) misbehaves under Train V2); others get a no-op.
@@ -82,7 +84,7 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
         train_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
-            "run_dir": str(run.path),
+            "run_dir": str(run.path.resolve()),  # the same path on every node (a shared mount)
             "threads": plan.threads,
             "use_gpu": use_gpu,
             "fault": _fault_from_env(run),

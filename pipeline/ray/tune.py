@@ -14,6 +14,7 @@ from ray.tune import Callback
 from pipeline.progress import console
 from pipeline.ray import trainer
 from pipeline.ray.cluster import WorkerResources
+from pipeline.ray.nodes import record_worker
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text
 from pipeline.search_space import SearchSpace, decode_params, encoded_values
 from pipeline.training import DIVERGED_FILE
@@ -78,6 +79,7 @@ def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str
     from pipeline.training import WorkerContext, train
 
     torch.set_num_threads(setup.threads)
+    record_worker(run, 0)  # the trial's process is its only worker
     device = torch.device("cuda" if setup.plan.gpus > 0 else "cpu")
     tracker = make_tracker(config, run, "tune-trial", name=f"{setup.sweep_name}-{trial_id}", group=setup.sweep_name)
 

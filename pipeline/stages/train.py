@@ -9,7 +9,7 @@ from aae.optim import PHASES
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.progress import EpochPrinter, console
-from pipeline.ray import cluster, trainer
+from pipeline.ray import cluster, nodes, trainer
 from pipeline.rundir import RunDir
 from pipeline.stages.checkpoint import BEST_CHECKPOINT
 from pipeline.training import DIVERGED_FILE, optim_config
@@ -58,6 +58,7 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
         f"(~{per_worker} per worker, gradients averaged); {optim.kind} learning rates {rates} "
         f"(not rescaled by the worker count), x{optim.decay_factor:g} after epochs {list(optim.decay_epochs)}"
     )
+    nodes.clear_worker_records(run)
     printer = EpochPrinter(run.metrics_path, config.train.epochs)
     printer.start()
     try:
@@ -70,7 +71,7 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     if warning:
         console.print(f"[bold yellow]{warning}[/bold yellow]")
     best = run.checkpoint_dir / BEST_CHECKPOINT
-    outputs = {"metrics": final, "checkpoint": str(best), "epochs": len(rows)}
+    outputs = {"metrics": final, "checkpoint": str(best), "epochs": len(rows), "workers": nodes.worker_records(run)}
     diverged = run.path / DIVERGED_FILE
     if diverged.exists():
         record = json.loads(diverged.read_text())

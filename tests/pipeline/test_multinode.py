@@ -1,0 +1,169 @@
+"""A real multi-node Ray cluster on this machine: a head with no CPUs (as in the compose cluster) and two
+worker nodes with one CPU each, every node its own raylet and object store, started with `ray start` in a
+private HOME and RAY_TMPDIR and ended with its process group. Each test asserts where its workers and
+stages actually ran, from the run's manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.test_robustness_ray import RAY, _end_group, free_port
+from tests.pipeline.test_run_cli import epochs_logged, sets
+
+pytestmark = pytest.mark.slow
+
+
+class Cluster:
+    """The nodes' processes, their environment and the head's address."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        home = root / "home"
+        (home / ".ray").mkdir(parents=True)
+        (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+        self.env.update(HOME=str(home), RAY_TMPDIR=str(root))
+        self.address = f"127.0.0.1:{free_port()}"
+        self.nodes: dict[str, subprocess.Popen] = {}
+
+    def start_node(self, name: str, cpus: int, prefix: list[str] | None = None) -> None:
+        """`ray start` one node, with a custom resource named after it, and wait until it runs."""
+        role = ["--head", "--port", self.address.rpartition(":")[2], "--include-dashboard=false"] \
+            if not self.nodes else ["--address", self.address]
+        log_path = self.root / f"{name}.log"
+        with log_path.open("w") as log:
+            self.nodes[name] = subprocess.Popen(
+                [*(prefix or []), RAY, "start", "--block", *role, "--num-cpus", str(cpus),
+                 "--resources", json.dumps({name: 1}), "--disable-usage-stats"],
+                # A node joins an explicit address with the token only in token mode (the CLI does this itself).
+                env={**self.env, **({"RAY_AUTH_MODE": "token"} if self.nodes else {})},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log_path.read_text():
+            assert self.nodes[name].poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+
+    def node_ids(self) -> dict[str, str]:
+        """Node id → the node's name (its custom resource), as the cluster sees them now."""
+        script = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR')\n"
+                  "print(json.dumps({n['NodeID']: [r for r in n['Resources'] if r.startswith('node_')] "
+                  "for n in ray.nodes() if n['Alive']}))")
+        result = subprocess.run([sys.executable, "-c", script], env={**self.env, "RAY_AUTH_MODE": "token"},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return {node: names[0] for node, names in json.loads(result.stdout.splitlines()[-1]).items() if names}
+
+    def cli(self, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env={**self.env, **env},
+                              capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="aae-nodes-", dir="/tmp"))  # short: Ray's socket paths must fit
+    nodes = Cluster(root)
+    try:
+        nodes.start_node("node_head", cpus=0)
+        nodes.start_node("node_a", cpus=1)
+        nodes.start_node("node_b", cpus=1)
+        yield nodes
+    finally:
+        for process in reversed(list(nodes.nodes.values())):
+            _end_group(process)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def stage_outputs(run_dir: Path) -> dict[str, dict]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return {name: record.get("outputs", {}) for name, record in manifest["stages"].items()}
+
+
+def test_two_workers_train_on_two_nodes_and_every_stage_writes_the_one_run_directory(
+    cluster, synthetic_dataset, tmp_path
+) -> None:
+    run_dir = tmp_path / "run"
+    result = cluster.cli("run", "semisup", "--workers", "2", "--epochs", "2", "--address", cluster.address,
+                         "--run-dir", str(run_dir), *sets(synthetic_dataset, "tracking.wandb=offline"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = cluster.node_ids()
+    outputs = stage_outputs(run_dir)
+    workers = outputs["train"]["workers"]
+    assert [worker["rank"] for worker in workers] == [0, 1]
+    assert sorted(names[worker["node_id"]] for worker in workers) == ["node_a", "node_b"]  # one on each node
+    # The driver's own stage ran where the driver attached (on one machine Ray picks any local raylet).
+    assert outputs["prepare"]["node"]["node_id"] in names
+    for stage in ("evaluate", "visualize", "track"):  # Ray tasks: the CPU-less head cannot hold them
+        assert names[outputs[stage]["node"]["node_id"]] in {"node_a", "node_b"}, stage
+    assert epochs_logged(run_dir) == [1, 2]
+    assert (run_dir / "evaluation.json").is_file() and list((run_dir / "figures").glob("*.png"))
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_a_killed_worker_group_resumes_from_the_last_checkpoint_on_both_nodes(
+    cluster, synthetic_dataset, tmp_path
+) -> None:
+    run_dir = tmp_path / "run"
+    # SIGKILL rank 1 at step 2 of the second epoch: Ray Train restarts both workers from epoch 1's checkpoint.
+    result = cluster.cli("run", "semisup", "--workers", "2", "--epochs", "3", "--address", cluster.address,
+                         "--run-dir", str(run_dir), *sets(synthetic_dataset, "tracking.wandb=disabled"),
+                         cwd=tmp_path, AAE_INJECT_FAULT="1:2:1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "fault-injected.txt").exists()
+    assert epochs_logged(run_dir) == [1, 2, 3]  # epoch 1 not redone
+    names = cluster.node_ids()
+    workers = stage_outputs(run_dir)["train"]["workers"]
+    assert [worker["starts"] for worker in workers] == [2, 2]  # the whole group started again
+    assert sorted(names[worker["node_id"]] for worker in workers) == ["node_a", "node_b"]
+
+
+def test_a_sweep_spreads_its_trials_over_the_nodes(cluster, synthetic_dataset, tmp_path) -> None:
+    (tmp_path / "space.yaml").write_text("model.params.z_dim: {grid: [2, 3, 4, 5]}\n")
+    result = cluster.cli(
+        "tune", "semisup", "--search", "grid", "--scheduler", "fifo", "--space", "space.yaml",
+        "--workers-per-trial", "1", "--address", cluster.address, "--epochs", "1", "--sweep-dir", "sweep",
+        *sets(synthetic_dataset, "tracking.wandb=disabled"), cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "up to 2 at once" in result.stdout  # one trial per one-CPU node
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["status"] == "done"
+    names = cluster.node_ids()
+    trials = sorted((tmp_path / "sweep" / "trials").iterdir())
+    assert len(trials) == 4 and all(epochs_logged(trial) == [1] for trial in trials)
+    ran_on = [names[json.loads((trial / "ray" / "workers" / "rank-0.json").read_text())["node_id"]]
+              for trial in trials]
+    assert set(ran_on) == {"node_a", "node_b"}, ran_on
+
+
+def test_a_node_that_cannot_see_the_run_directory_is_refused_in_one_line(
+    cluster, synthetic_dataset, tmp_path
+) -> None:
+    # A third node in its own mount namespace, with an empty tmpfs over the run directory's parent: what a
+    # node on another machine without the shared mount sees. (Last in this file: it leaves the node dead.)
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare -m` (mount namespaces) to hide a directory from one node")
+    hidden = tmp_path / "local-disk"
+    hidden.mkdir()
+    cluster.start_node("node_blind", cpus=1, prefix=[
+        "unshare", "-m", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"'])
+    try:
+        result = cluster.cli("run", "semisup", "--workers", "2", "--epochs", "1", "--address", cluster.address,
+                             "--run-dir", str(hidden / "run"), *sets(synthetic_dataset, "tracking.wandb=disabled"),
+                             cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        [line] = result.stderr.strip().splitlines()
+        assert "cannot see the run directory" in line and "--run-dir" in line
+        assert not (hidden / "run" / "checkpoints").exists()  # refused before any training
+    finally:
+        _end_group(cluster.nodes.pop("node_blind"))
