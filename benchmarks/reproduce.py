@@ -4,11 +4,15 @@
     .venv/bin/python benchmarks/reproduce.py --only semisup-1000 cluster16 --epochs 50 --workers 4
     .venv/bin/python benchmarks/reproduce.py --only semisup --limit 500 --epochs 1 \\
         --out-dir /tmp/repro --results /tmp/repro/reproduce.md     # a tiny smoke try
+    .venv/bin/python benchmarks/reproduce.py --only semisup-svhn --svhn svhn:/data/svhn   # your .mat files
 
 Each experiment is one `aae-pipeline run` into <out-dir>/<key>; its number is read back from the run's
 manifest.json `metrics` (or evaluation.json). Resumable: a run that already has its metric at the asked
 epochs is skipped, an unfinished one is continued with `--resume`. The table (markdown and JSON) is rebuilt
 from every run under <out-dir> after each experiment, so a long sweep can be read while it runs.
+
+SVHN rows run only where SVHN can be prepared (downloaded through torchvision, or the official .mat files
+named by --svhn svhn:/dir); elsewhere the row says "no data" and how to get it, and the other rows still run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +46,7 @@ class Experiment:
     metric: str
     paper: str
     overrides: tuple[str, ...] = ()
+    svhn: bool = False  # trains on SVHN: the --svhn source, and only where it can be prepared
 
 
 EXPERIMENTS = (
@@ -50,6 +56,8 @@ EXPERIMENTS = (
                ("data.labels=1000",)),
     Experiment("semisup-all", "semisup", "semi-supervised, all labels", "test/error", "0.85 ±0.02",
                ("data.labels=all",)),
+    Experiment("semisup-svhn", "semisup-svhn", "semi-supervised SVHN, 1000 labels", "test/error", "17.70 ±0.30",
+               svhn=True),
     Experiment("cluster16", "cluster16", "unsupervised clustering, 16 clusters", "test/cluster_error", "9.55"),
     Experiment("cluster30", "cluster30", "unsupervised clustering, 30 clusters", "test/cluster_error", "4.10"),
     Experiment("dimred-2d-1000", "dimred-2d", "dim. reduction to 2-D, 1000 labels", "test/dimred_error", "4.20",
@@ -83,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per run (default 1)")
     parser.add_argument("--limit", type=int, help="train on the first N examples only (smoke tries)")
     parser.add_argument("--address", help="an existing Ray cluster, host:port (default: a local Ray per run)")
+    parser.add_argument("--svhn", default="svhn", metavar="SOURCE",
+                        help="SVHN for the SVHN rows: svhn (torchvision download, default) or svhn:/dir of the "
+                             "official .mat files")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where the run directories go")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the markdown table (JSON beside it)")
     return parser.parse_args(argv)
@@ -108,6 +119,8 @@ def cli_args(experiment: Experiment, args: argparse.Namespace, run_dir: Path, re
         command += ["--address", args.address]
     if not resume:  # a resumed run keeps its saved overrides
         overrides = [*experiment.overrides, *([f"data.limit={args.limit}"] if args.limit else [])]
+        if experiment.svhn and args.svhn != "svhn":
+            overrides.append(f"data.dataset={args.svhn}")
         for override in overrides:
             command += ["--set", override]
     return command
@@ -150,6 +163,11 @@ def run_one(experiment: Experiment, args: argparse.Namespace, executable: str) -
     if finished(experiment, args, run_dir):
         print(f"{experiment.key:<22} done before: {experiment.metric} = {read_metrics(run_dir)[experiment.metric]:.4g}")
         return None
+    if experiment.svhn:
+        missing = svhn_missing(args.svhn)
+        if missing is not None:
+            print(f"{experiment.key:<22} skipped: {missing}")
+            return {"command": None, "returncode": 0, "wall_s": None, "status": f"no data: {missing}"}
     command = cli_args(experiment, args, run_dir, resume=(run_dir / CONFIG_FILE).exists())
     print(f"{experiment.key:<22} running: {shown(command)}", flush=True)
     log_path = args.out_dir / f"{experiment.key}.log"
@@ -169,6 +187,19 @@ def run_one(experiment: Experiment, args: argparse.Namespace, executable: str) -
     # The table shows the from-scratch command, even when this call continued an earlier run.
     fresh = shown(cli_args(experiment, args, run_dir, resume=False))
     return {"command": fresh, "returncode": returncode, "wall_s": wall_s}
+
+
+def svhn_missing(source: str) -> str | None:
+    """None when SVHN (`source`) is prepared or can be prepared here now; else why not and how to get it."""
+    from pipeline.data import prepare_dataset  # pyarrow and friends only when an SVHN row is asked for
+
+    try:
+        prepare_dataset(source)
+    except UserError as err:
+        return (f"SVHN is not available here ({err.message}); get it with `aae-pipeline data prepare svhn` where "
+                "the internet is reachable, or put train_32x32.mat and test_32x32.mat in a directory and pass "
+                "--svhn svhn:/that/dir")
+    return None
 
 
 def row(experiment: Experiment, run_dir: Path, attempt: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +222,8 @@ def row(experiment: Experiment, run_dir: Path, attempt: dict[str, Any]) -> dict[
         "command": attempt.get("command"),
         "run_dir": str(run_dir),
         "returncode": attempt.get("returncode"),
-        "status": "failed" if attempt.get("returncode") else "unfinished" if metric is None else "ok",
+        "status": attempt.get("status") or (
+            "failed" if attempt.get("returncode") else "unfinished" if metric is None else "ok"),
     }
 
 

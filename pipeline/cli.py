@@ -30,7 +30,9 @@ DataDirOption = Annotated[
 
 @data_app.command("prepare")
 def data_prepare(
-    source: Annotated[str, typer.Argument(help="'mnist', or 'idx:/path/to/dir' for a directory of IDX files.")],
+    source: Annotated[str, typer.Argument(
+        help="'mnist' or 'svhn' (downloaded), 'idx:/path/to/dir' for a directory of IDX files, or "
+             "'svhn:/path/to/dir' for SVHN's train_32x32.mat and test_32x32.mat (extra_32x32.mat optional).")],
     data_dir: DataDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid copy exists.")] = False,
 ) -> None:

@@ -15,8 +15,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENT_DIR = CONF_DIR / "experiment"
 # Sizes and class counts of the known datasets' training splits, so an impossible label count fails before
 # Ray starts; for idx: data they are known only once it is loaded, where the prepare stage checks them.
-KNOWN_TRAIN_SIZES = {"mnist": 50_000}
-KNOWN_CLASSES = {"mnist": 10}
+# SVHN's 73,257 training images less the 10,000 held out for validation (pipeline.data.svhn).
+KNOWN_TRAIN_SIZES = {"mnist": 50_000, "svhn": 63_257}
+KNOWN_CLASSES = {"mnist": 10, "svhn": 10}
 
 
 class Strict(BaseModel):
@@ -103,6 +104,7 @@ class RunConfig(Strict):
 
 
 class EvaluateConfig(Strict):
+    parzen: bool = True  # false: no Parzen estimate; evaluation.json says why in its notes
     parzen_samples: int = Field(10_000, gt=0)
     parzen_validation: int = Field(1_000, gt=0)
 

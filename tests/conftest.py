@@ -28,6 +28,19 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     return {"data.dataset": f"idx:{idx_dir}", "data.data_dir": str(root / "data")}
 
 
+@pytest.fixture(scope="session")
+def synthetic_svhn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A few hundred SVHN-layout colour images (.mat files), prepared once per session: the keys to point a
+    config at them."""
+    from pipeline.data import prepare_dataset
+    from tests.synthetic import write_synthetic_svhn_dir
+
+    root = tmp_path_factory.mktemp("synthetic-svhn")
+    mat_dir = write_synthetic_svhn_dir(root / "mat")
+    prepare_dataset(f"svhn:{mat_dir}", root / "data")
+    return {"data.dataset": f"svhn:{mat_dir}", "data.data_dir": str(root / "data")}
+
+
 # Small nets keep every pipeline test to seconds on two cores; the real sizes are exercised by benchmarks.
 TINY_MODEL = ["model.params.hidden=[128,128]", "model.params.disc_hidden=[64,64]"]
 

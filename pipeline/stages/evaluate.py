@@ -26,6 +26,8 @@ from pipeline.training import style_codes
 EVALUATION_FILE = "evaluation.json"
 # Test digits whose styles the style-grid measure renders as every class.
 STYLE_GRID_DIGITS = 1000
+PARZEN_OFF_NOTE = ("not measured (evaluate.parzen is false): a Parzen window over raw pixels says little about "
+                   "colour images such as SVHN's, and the paper reports it only for MNIST and TFD")
 
 
 @dataclass
@@ -39,15 +41,18 @@ class Inputs:
 
 @dataclass
 class Outcome:
-    """Flat `test/*` metrics and named tables ({"columns": [...], "rows": [[...], ...]})."""
+    """Flat `test/*` metrics, named tables ({"columns": [...], "rows": [[...], ...]}) and notes on what was
+    not measured and why."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def merge(self, other: Outcome) -> None:
-        """Add another evaluation's metrics and tables to this one."""
+        """Add another evaluation's metrics, tables and notes to this one."""
         self.metrics.update(other.metrics)
         self.tables.update(other.tables)
+        self.notes.update(other.notes)
 
 
 def reconstruction(inputs: Inputs) -> Outcome:
@@ -62,6 +67,8 @@ def reconstruction(inputs: Inputs) -> Outcome:
 def parzen(inputs: Inputs) -> Outcome:
     """Parzen-window log-likelihood of the test set from generated samples, σ chosen on validation images."""
     config, model = inputs.config, inputs.model
+    if not config.evaluate.parzen:
+        return Outcome(notes={"parzen": PARZEN_OFF_NOTE})
     n = config.evaluate.parzen_samples
     with torch.random.fork_rng():  # the priors draw from the global RNG; seed it without disturbing the caller
         torch.manual_seed(config.train.seed)
@@ -179,6 +186,7 @@ def evaluate(config: Config, run: RunDir) -> dict[str, float]:
     payload = {
         "metrics": {k: _json_number(v) for k, v in outcome.metrics.items()},
         "tables": outcome.tables,
+        "notes": outcome.notes,
         "checkpoint": {"file": str(trained.checkpoint.relative_to(run.path)), "epoch": trained.epoch},
         "seconds": seconds,
     }

@@ -86,7 +86,7 @@ def style_grid(c: Canvas) -> Figure:
     fig, ax = _figure(7.5, 7.3)
     _show_mosaic(ax, rows, len(x), n_classes + 1)
     ax.set_title("Style and content: each row keeps one test digit's style z (first column: the digit)\n"
-                 "and decodes it with label y = 0 … 9 (columns)")
+                 f"and decodes it with label y = 0 … {n_classes - 1} (columns)")
     return fig
 
 
@@ -103,7 +103,7 @@ def cluster_heads(c: Canvas) -> Figure:
         members = torch.nonzero(assigned == i).flatten()
         best = members[probs[members, i].argsort(descending=True)[:CLUSTER_MEMBERS]]
         blank = torch.zeros(CLUSTER_MEMBERS - len(best), c.test.x.shape[1])
-        rows.append(torch.cat([heads[i : i + 1].cpu(), c.test.x[best], blank]))
+        rows.append(torch.cat([heads[i : i + 1].cpu().flatten(1), c.test.x[best], blank]))
     fig, ax = _figure(6.5, 0.55 * k + 1)
     _show_mosaic(ax, torch.cat(rows), k, CLUSTER_MEMBERS + 1)
     ax.set_title(f"{k} clusters: head (y_i decoded with z = 0, first column),\n"
@@ -236,7 +236,9 @@ def _side(dim: int) -> tuple[int, int, int]:
 
 
 def _show_mosaic(ax: Axes, images: torch.Tensor, rows: int, cols: int) -> None:
-    """Tile rows*cols flat images into one picture, with thin separators, and hide the axes' ticks."""
+    """Tile rows*cols images (flat, or (C, H, W) as the conv decoder gives them) into one picture, with thin
+    separators, and hide the axes' ticks."""
+    images = images.reshape(len(images), -1)
     h, w, ch = _side(images.shape[1])
     tiles = images.reshape(rows, cols, ch, h, w).permute(0, 3, 1, 4, 2).clamp(0, 1)
     mosaic = tiles.reshape(rows * h, cols * w, ch).numpy()

@@ -20,8 +20,10 @@ from tests.conftest import tiny_overrides
 
 
 @pytest.mark.parametrize("experiment", sorted(list_experiments()))
-def test_experiment_trains_two_steps_with_finite_losses(experiment: str, synthetic_dataset) -> None:
-    overrides = tiny_overrides(synthetic_dataset, "data.labels=100")
+def test_experiment_trains_two_steps_with_finite_losses(experiment: str, synthetic_dataset, request) -> None:
+    # The SVHN experiment's conv networks take 3x32x32 colour images: its own synthetic data.
+    dataset = request.getfixturevalue("synthetic_svhn") if experiment.endswith("svhn") else synthetic_dataset
+    overrides = tiny_overrides(dataset, "data.labels=100")
     if experiment.startswith("vae"):  # the VAE has no discriminator to shrink
         overrides = [override for override in overrides if "disc_hidden" not in override]
     config = load_config(experiment, overrides)

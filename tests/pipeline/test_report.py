@@ -64,7 +64,7 @@ def test_a_setting_the_paper_did_not_run_gets_its_own_row(tmp_path, capsys, monk
     run = fake_run(tmp_path / "semi-500", "semisup", ["data.labels=500"], {"test/error": 4.0})
     row = row_of(report_lines([run], capsys, monkeypatch), "500 labels")
     assert "semi-500" in row and "4.00" in row
-    assert row.count("—") == 3  # no NN baseline, VAE or AAE number for 500 labels
+    assert row.count("—") == 4  # no NN baseline, VAE, ADGM or AAE number for 500 labels
 
 
 def test_two_runs_of_one_setting_get_a_row_each(tmp_path, capsys, monkeypatch) -> None:
