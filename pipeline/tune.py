@@ -105,7 +105,7 @@ def start_sweep(
     _check_nodes_see(path, options)
     from pipeline.ray.tune import new_tuner
 
-    _fit(new_tuner(setup, options, metric, base.train.epochs, base.train.seed), path)
+    _fit(new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures), path)
     return finish_sweep(path)
 
 

@@ -146,8 +146,11 @@ def make_searcher(kind: str, seed: int, max_concurrent: int) -> Any:
     return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
 
 
-def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: int) -> Any:
-    """A Tuner over the trial function; Tune's own state lands in <sweep>/ray/tune."""
+def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: int, max_failures: int) -> Any:
+    """A Tuner over the trial function; Tune's own state lands in <sweep>/ray/tune.
+
+    A trial whose process dies (its node lost, say) is started again up to `max_failures` times, on any node;
+    it resumes from the checkpoints in its run directory."""
     from ray import tune
 
     callbacks = [TrialPrinter(metric, epochs, setup.space), PlacementGroupReleaser(setup.sweep_dir)]
@@ -166,7 +169,8 @@ def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: i
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_NAME, storage_path=str(Path(setup.sweep_dir) / "ray"), verbose=0, callbacks=callbacks
+            name=TUNE_NAME, storage_path=str(Path(setup.sweep_dir) / "ray"), verbose=0, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
         ),
     )
 

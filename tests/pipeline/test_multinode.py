@@ -146,6 +146,79 @@ def test_a_sweep_spreads_its_trials_over_the_nodes(cluster, synthetic_dataset, t
     assert set(ran_on) == {"node_a", "node_b"}, ran_on
 
 
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _trial_node(trial: Path) -> str | None:
+    try:
+        return json.loads((trial / "ray" / "workers" / "rank-0.json").read_text())["node_id"]
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_sweep_survives_losing_a_worker_node_and_its_trial_resumes_elsewhere(
+    cluster, synthetic_dataset, tmp_path
+) -> None:
+    cluster.start_node("node_victim", cpus=1)
+    victim = next(node for node, name in cluster.node_ids().items() if name == "node_victim")
+    (tmp_path / "space.yaml").write_text("model.params.z_dim: {grid: [2, 3, 4]}\n")
+    epochs = 6
+    sweep = tmp_path / "sweep"
+    with subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "tune", "semisup", "--search", "grid", "--scheduler", "fifo",
+         "--space", "space.yaml", "--max-concurrent", "3", "--address", cluster.address, "--epochs", str(epochs),
+         "--sweep-dir", "sweep", *sets(synthetic_dataset, "tracking.wandb=disabled")],
+        cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as driver:
+        def victim_trial() -> Path | None:
+            trials = sorted((sweep / "trials").glob("*")) if (sweep / "trials").is_dir() else []
+            return next((t for t in trials if _trial_node(t) == victim and epochs_logged(t)), None)
+
+        _wait_for(lambda: victim_trial() is not None or driver.poll() is not None, 300, "a trial on the victim")
+        lost = victim_trial()
+        assert lost is not None, driver.stdout.read() if driver.poll() is not None else "no trial landed there"
+        _end_group(cluster.nodes.pop("node_victim"))  # the node dies with its trial mid-training
+        output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output[-3000:]
+    assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
+    for trial in sorted((sweep / "trials").iterdir()):
+        logged = epochs_logged(trial)
+        assert logged[-1] == epochs and logged == sorted(set(logged)), (trial.name, logged)  # none trained twice
+    record = json.loads((lost / "ray" / "workers" / "rank-0.json").read_text())
+    assert record["starts"] == 2 and record["node_id"] != victim  # started again, on a surviving node
+
+
+def test_a_sweep_whose_driver_was_killed_resumes_on_the_cluster(cluster, synthetic_dataset, tmp_path) -> None:
+    (tmp_path / "space.yaml").write_text("model.params.z_dim: {grid: [2, 3, 4, 5]}\n")
+    sweep = tmp_path / "sweep"
+    with subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "tune", "semisup", "--search", "grid", "--scheduler", "fifo",
+         "--space", "space.yaml", "--address", cluster.address, "--epochs", "3", "--sweep-dir", "sweep",
+         *sets(synthetic_dataset, "tracking.wandb=disabled")],
+        cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as driver:
+        for line in driver.stdout:  # SIGKILL the driver (no chance to clean up) once a trial has finished
+            if " finished: " in line:
+                driver.kill()
+                break
+        driver.wait(timeout=60)
+    assert json.loads((sweep / "sweep.json").read_text())["status"] == "running"  # it never got to say more
+    resumed = cluster.cli("tune", "--resume", str(sweep), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
+    trials = sorted((sweep / "trials").iterdir())
+    assert len(trials) == 4
+    for trial in trials:
+        logged = epochs_logged(trial)
+        assert logged[-1] == 3 and logged == sorted(set(logged)), (trial.name, logged)
+    names = cluster.node_ids()
+    assert {names.get(_trial_node(trial)) for trial in trials} <= {"node_a", "node_b"}  # the CPU nodes
+
+
 def test_a_node_that_cannot_see_the_run_directory_is_refused_in_one_line(
     cluster, synthetic_dataset, tmp_path
 ) -> None:
