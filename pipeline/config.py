@@ -50,6 +50,12 @@ class ModelConfig(Strict):
     # Passed to the variant's own typed config in aae, which rejects keys it does not know.
     params: dict[str, Any] = Field(default_factory=dict)
 
+    def resolved(self) -> Any:
+        """The variant's own typed config: params with the variant's defaults for the keys they leave out."""
+        from aae.variants import variant_class
+
+        return variant_class(self.variant).config_class(**self.params)
+
 
 class PhaseRates(Strict):
     """Learning rate per phase; null takes the optimiser's default (SGD: the paper's 0.01 / 0.1 / 0.1 / 0.1)."""
