@@ -1,8 +1,9 @@
 """Encoders, decoders and discriminators: MLPs (the paper's 2x1000 ReLU) and a small conv pair for 3x32x32.
 
 Weights start N(0, init_std) with zero biases (the paper's 0.01): with the summed-over-pixels loss and the
-paper's rates, PyTorch's default initialisation diverges (PAPER.md). No batch norm anywhere: in the encoder
-or the discriminators it shifted the code space and broke training in public reproductions.
+paper's rates, PyTorch's default initialisation went to NaN in the first epoch when measured. No batch norm
+anywhere: in the encoder or the discriminators it shifted the code space and broke training in public
+reproductions.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 
 PHASES = ("reconstruction", "discriminator", "generator", "supervised")
 
-# The paper's SGD rates (PAPER.md "Recipe details") and, for kind="adam", the rates measured on this machine.
+# The paper's SGD recipe (two phases per batch, paper §2; the per-phase rates its reproductions agree on)
+# and, for kind="adam", the rates measured on this machine.
 DEFAULT_LR = {
     "sgd": {"reconstruction": 0.01, "discriminator": 0.1, "generator": 0.1, "supervised": 0.1},
     "adam": {"reconstruction": 3e-4, "discriminator": 1e-4, "generator": 1e-4, "supervised": 3e-4},

@@ -10,12 +10,13 @@ codes fill it (aae.metrics.components_fit).
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from aae.registry import resolve
 
 
 @runtime_checkable
@@ -223,21 +224,9 @@ PRIORS: dict[str, type] = {
 }
 
 
-def _resolve(name: str) -> type:
-    if name in PRIORS:
-        return PRIORS[name]
-    if ":" not in name:
-        raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)} or 'package.module:Class'")
-    module_name, _, attr = name.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import prior {name!r}: {err}") from err
-
-
 def build_prior(name: str, **params: object) -> Prior:
     """A prior from its registry name or import path "package.module:ClassName", with its parameters."""
-    cls = _resolve(name)
+    cls = resolve(name, PRIORS, "prior")
     try:
         prior = cls(**params)
     except TypeError as err:

@@ -46,9 +46,15 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    variant: str = "semi_supervised"
+    variant: str = "semi_supervised"  # a name in aae.variants.VARIANTS, or an import path package.module:Class
     # Passed to the variant's own typed config in aae, which rejects keys it does not know.
     params: dict[str, Any] = Field(default_factory=dict)
+
+    def resolved(self) -> Any:
+        """The variant's own typed config: params with the variant's defaults for the keys they leave out."""
+        from aae.variants import variant_class
+
+        return variant_class(self.variant).config_class(**self.params)
 
 
 class PhaseRates(Strict):
@@ -196,13 +202,15 @@ def config_to_yaml(config: Config) -> str:
 
 def _check_model_params(config: Config) -> None:
     """Let the aae variant's own typed config reject unknown or ill-typed parameters now, before Ray starts."""
-    from aae.variants import VARIANTS, build_model
+    from aae.variants import VARIANTS, build_model, variant_class
 
-    if config.model.variant not in VARIANTS:
+    try:
+        variant_class(config.model.variant)
+    except ValueError as err:
         raise UserError(
-            f"config error at model.variant: unknown variant {config.model.variant!r}",
-            f"choose one of: {', '.join(sorted(VARIANTS))}",
-        )
+            f"config error at model.variant: {err}",
+            f"choose one of: {', '.join(sorted(VARIANTS))}, or an import path package.module:Class",
+        ) from None
     try:  # building the (untrained) nets takes milliseconds and checks every parameter the variant has
         build_model(config.model.variant, config.model.params)
     except (ValueError, TypeError) as err:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
+from pipeline.plans import plan_for
 from pipeline.progress import console
 from pipeline.rundir import CONFIG_FILE, RunDir
 from pipeline.stages.evaluate import EVALUATION_FILE, read_evaluation
@@ -20,11 +21,12 @@ from pipeline.stages.evaluate import EVALUATION_FILE, read_evaluation
 class PaperTable:
     """One table of the paper: its reference numbers per setting, and where a run of ours belongs in it."""
 
+    name: str  # what a variant's plan (pipeline.plans) calls it
     title: str
     metric: str  # the evaluation.json metric compared with the paper's column
     methods: tuple[str, ...]  # reference columns, in the paper's order
     paper: dict[str, tuple[str, ...]]  # setting (row) -> one number per method ("—": not reported)
-    setting: Callable[[Config], str | None]  # the row a run belongs in; None: not this table
+    setting: Callable[[Config], str | None]  # the row a run of a variant planned for it belongs in; None: none
     extra: tuple[str, ...] = ()  # further metrics of ours shown beside the main one
 
 
@@ -33,24 +35,19 @@ def is_svhn(dataset: str) -> bool:
     return dataset.lower() == "svhn" or dataset.lower().startswith("svhn:")
 
 
-def _semisup_setting(config: Config) -> str | None:
-    if config.model.variant != "semi_supervised":
-        return None
+def _semisup_setting(config: Config) -> str:
     return f"SVHN, {config.data.labels} labels" if is_svhn(config.data.dataset) else f"{config.data.labels} labels"
 
 
-def _cluster_setting(config: Config) -> str | None:
-    return f"{config.model.params.get('n_clusters', 16)} clusters" if config.model.variant == "clustering" else None
+def _cluster_setting(config: Config) -> str:
+    return f"{config.model.resolved().n_clusters} clusters"
 
 
-def _dimred_setting(config: Config) -> str | None:
-    if config.model.variant != "dim_reduction":
-        return None
-    params = config.model.params
-    z_dim = params.get("z_dim", 2)
-    if params.get("use_labels", True):
-        return f"{z_dim}-D, {config.data.labels} labels"
-    return f"{z_dim}-D, {params.get('n_clusters', 10)} clusters, no labels"
+def _dimred_setting(config: Config) -> str:
+    model = config.model.resolved()
+    if model.use_labels:
+        return f"{model.z_dim}-D, {config.data.labels} labels"
+    return f"{model.z_dim}-D, {model.n_clusters} clusters, no labels"
 
 
 def _parzen_setting(config: Config) -> str:
@@ -62,6 +59,7 @@ def _parzen_setting(config: Config) -> str:
 # The paper's numbers (arXiv:1511.05644, Tables 1-3 and §7), in one place.
 PAPER_TABLES: tuple[PaperTable, ...] = (
     PaperTable(
+        "semisup",
         "Semi-supervised classification, MNIST (rows by label count) and SVHN (test error %)", "test/error",
         ("NN baseline", "VAE M1+M2", "ADGM", "AAE (paper)"),
         {"100 labels": ("25.80", "3.33 ± 0.14", "0.96 ± 0.02", "1.90 ± 0.10"),
@@ -70,16 +68,19 @@ PAPER_TABLES: tuple[PaperTable, ...] = (
          "SVHN, 1000 labels": ("47.50", "36.02 ± 0.10", "16.61 ± 0.24", "17.70 ± 0.30")},
         _semisup_setting),
     PaperTable(
+        "clustering",
         "Unsupervised clustering, MNIST (test error %, each cluster labelled by its most confident training digit)",
         "test/cluster_error", ("CatGAN", "AAE (paper)"),
         {"16 clusters": ("—", "9.55"), "20 clusters": ("4.27", "—"), "30 clusters": ("—", "4.10")},
         _cluster_setting, extra=("test/cluster_error_majority", "test/nmi", "test/ari")),
     PaperTable(
+        "dimred",
         "Dimensionality reduction, MNIST (test error %)", "test/dimred_error", ("AAE (paper)",),
         {"2-D, 1000 labels": ("4.20",), "2-D, 100 labels": ("6.08",),
          "2-D, 20 clusters, no labels": ("13.95",), "10-D, 100 labels": ("3.90",)},
         _dimred_setting),
     PaperTable(
+        "parzen",
         "Parzen-window log-likelihood of the test set (nats, higher is better; the paper's AAE: 8-D Gaussian z)",
         "test/parzen_ll", ("GAN", "GMMN+AE", "AAE (paper)"),
         {"MNIST, unsupervised": ("225 ± 2", "282 ± 2", "340 ± 2")},
@@ -122,7 +123,8 @@ def paper_table(table: PaperTable, runs: list[RunResult]) -> Table:
     out.add_column("epochs", justify="right")
     for metric in (table.metric, *table.extra):  # headers without the "test/" every metric here carries
         out.add_column(metric.removeprefix("test/"), justify="right", style="bold" if metric == table.metric else "")
-    placed = [(table.setting(run.config), run) for run in runs if table.metric in run.metrics]
+    placed = [(table.setting(run.config), run) for run in runs
+              if table.metric in run.metrics and table.name in plan_for(run.config.model.variant).paper_tables]
     placed = [(setting, run) for setting, run in placed if setting is not None]
     settings = list(table.paper) + sorted({s for s, _ in placed} - set(table.paper))
     no_run = ("—", "", "—", *("",) * len(table.extra))

@@ -141,7 +141,7 @@ def _interrupted_message(stage: str, run: RunDir) -> str:
 def evaluate_existing(run_dir: Path, wandb: str | None = None, force: bool = False) -> dict[str, Any]:
     """`aae-pipeline eval RUN_DIR`: evaluate → visualize → track on a trained run."""
     config, run = _resume(run_dir, [], {"tracking.wandb": wandb})
-    if not (run.checkpoint_dir / "best.pt").exists():
+    if not (run.best_checkpoint).exists():
         raise UserError(f"{run_dir} has no trained checkpoint", f"train it first: aae-pipeline run --resume {run_dir}")
     return run_experiment(config, run, force=force, stages=("evaluate", "visualize", "track"))
 

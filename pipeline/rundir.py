@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -44,6 +45,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Text flavour of atomic_write_bytes."""
     atomic_write_bytes(path, text.encode())
+
+
+def sha256_file(*paths: Path) -> str:
+    """The sha256 of a file (of several, their bytes one after another), read in chunks so big files do not
+    need to fit in memory."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):  # noqa: B023 (called within the iteration)
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
@@ -93,6 +105,11 @@ class RunDir:
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The best epoch's weights (by validation metric): what evaluate, visualize and track read."""
+        return self.checkpoint_dir / "best.pt"
 
     @property
     def metrics_path(self) -> Path:

@@ -18,19 +18,12 @@ from typing import Any
 
 from pipeline.config import CONF_DIR, Config, load_config, read_yaml
 from pipeline.errors import UserError
+from pipeline.plans import plan_for
 
 SEARCH_DIR = CONF_DIR / "search"
 LISTS = ("grid", "choice")  # a finite list of values
 BOUNDS = ("uniform", "loguniform", "randint")  # [lo, hi]: floats, floats on a log scale, integers lo..hi-1
 SEARCHES = ("random", "grid", "optuna")
-# The default space of each model variant; variants not listed need --space.
-DEFAULT_SPACE = {
-    "semi_supervised": "semisup",
-    "clustering": "clustering",
-    "dim_reduction": "dimred",
-    "unsupervised": "unsupervised",
-    "vae": "vae",
-}
 # Keys the tune command sets itself (--workers-per-trial, --address) or that make no sense to search.
 RESERVED = ("run.", "experiment", "description", "tracking.")
 FULL_CHECK_LIMIT = 8  # up to this many corner combinations are all validated, beyond it each value once
@@ -69,8 +62,8 @@ class SearchSpace:
 
 
 def default_space_path(config: Config) -> Path:
-    """conf/search/<family>.yaml for the experiment's model variant."""
-    family = DEFAULT_SPACE.get(config.model.variant)
+    """conf/search/<family>.yaml for the experiment's model variant (its plan names the family)."""
+    family = plan_for(config.model.variant).search_space
     if family is None:
         raise UserError(
             f"no default search space for variant {config.model.variant!r}",

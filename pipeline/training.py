@@ -331,7 +331,7 @@ def save_checkpoint(model: AAEModel, run: RunDir, epoch: int, metrics: dict[str,
         old.unlink(missing_ok=True)
     _, value = validation_metric(metrics)
     if value <= best:
-        atomic_write_bytes(run.checkpoint_dir / "best.pt", payload)
+        atomic_write_bytes(run.best_checkpoint, payload)
         best = value
     return best
 
@@ -344,8 +344,8 @@ def restore_latest_checkpoint(model: AAEModel, run: RunDir, device: torch.device
     state = torch.load(candidates[-1], map_location=device, weights_only=True)
     model.load_training_state(state["training_state"])
     best = float("inf")
-    if (run.checkpoint_dir / "best.pt").exists():
-        best_state = torch.load(run.checkpoint_dir / "best.pt", map_location="cpu", weights_only=True)
+    if (run.best_checkpoint).exists():
+        best_state = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
         best = validation_metric(best_state["metrics"])[1]
     return state["epoch"] + 1, best
 

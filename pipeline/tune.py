@@ -131,7 +131,7 @@ def _open_sweep_dir(path: Path, base: Config, space: SearchSpace, options: Sweep
 def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
     """Continue an interrupted sweep with Tune's restore: finished trials stay, the others carry on."""
     path = sweep_dir.resolve()
-    manifest = read_manifest(path)
+    manifest = read_sweep_manifest(path)
     space = parse_search_space(manifest["space"], manifest["space_file"])
     options = SweepOptions(**{**manifest["options"], "address": address or manifest["options"]["address"]})
     base = load_config(str(path / BASE_FILE), [], {"run.address": options.address})
@@ -164,12 +164,12 @@ def _fit(tuner: Any, path: Path) -> None:
         log_path = path / "logs" / "tune-error.log"
         log_path.parent.mkdir(exist_ok=True)
         atomic_write_text(log_path, "".join(traceback.format_exception(err)))
-        _write_manifest(path, {**read_manifest(path), "status": "failed"})
+        _write_manifest(path, {**read_sweep_manifest(path), "status": "failed"})
         cause = str(err).strip().splitlines()[-1] if str(err).strip() else "TuneError"
         raise StageError("tune", RuntimeError(cause), str(log_path)) from None
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_sweep_manifest(path: Path) -> dict[str, Any]:
     """A sweep directory's sweep.json; a directory without one is a user-facing error."""
     try:
         return json.loads((path / SWEEP_FILE).read_text())
@@ -234,7 +234,7 @@ def finish_sweep(path: Path) -> SweepResult:
     """Collect every trial into trials.parquet and a printed table, write best.yaml, and close sweep.json."""
     from pipeline.ray.tune import trial_states
 
-    manifest = read_manifest(path)
+    manifest = read_sweep_manifest(path)
     space = parse_search_space(manifest["space"], manifest["space_file"])
     metric, epochs = manifest["metric"], manifest["epochs"]
     states = sorted(trial_states(path), key=lambda state: state["trial_id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -57,6 +57,18 @@ class AdversarialConfig(NetworkConfig):
         _check(self.disc_init in DISC_INITS, f"disc_init must be one of {DISC_INITS}, not {self.disc_init!r}")
 
 
+@dataclass
+class CodeConfig:
+    """One code z: its size and its prior (a registry name or "package.module:Class", built with dim=z_dim).
+
+    A mixin: variant configs inherit it beside NetworkConfig or AdversarialConfig.
+    """
+
+    z_dim: int = 2
+    prior: str = "gaussian"
+    prior_params: dict[str, Any] = field(default_factory=dict)
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -71,7 +83,8 @@ class AAEModel(nn.Module):
     """Base of every variant: owns its networks, one optimiser + scheduler per phase, and a noise RNG.
 
     Subclasses set `config_class`, `label_needs`, build their networks in __init__, and implement
-    phase_parameters, training_step, encode, decode and sample.
+    phase_parameters, training_step and sample (and encode, when the decoder reads more than the encoder's
+    code). Most variants start from SingleCodeAAE or CategoricalAAE, which do all of this.
     """
 
     config_class: ClassVar[type]
@@ -101,7 +114,7 @@ class AAEModel(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """The code the decoder reads (posterior mean for a Gaussian encoder)."""
-        raise NotImplementedError
+        return self.infer(x).code
 
     def decode(self, code: Tensor) -> Tensor:
         """Pixel probabilities for codes."""

@@ -2,7 +2,9 @@
 
 The encoder has a softmax y head and a z head on one trunk; the decoder reads representation(y, z);
 one discriminator matches y to a uniform one-hot prior and another matches z to N(0, z_prior_std² I).
-Each variant's training_step (in its own module) composes the phase methods below.
+A training step is reconstruction_step, regularisation_step, then supervised_step where the variant uses
+labels; a variant module holds its config, the number of categories and what differs (the representation,
+a penalty joining the reconstruction step).
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ class CategoricalConfig(AdversarialConfig):
 class CategoricalAAE(AAEModel):
     """Encoder with y (softmax) and z heads, decoder on representation(y, z), discriminators on y and z."""
 
-    uses_labels = False  # whether phase_parameters includes the supervised phase
-
-    def __init__(self, config: CategoricalConfig, n_categories: int, representation_dim: int) -> None:
+    def __init__(self, config: CategoricalConfig, n_categories: int, representation_dim: int | None = None) -> None:
+        """representation_dim defaults to [y, z]'s width."""
         super().__init__(config)
         c = config
         self.n_categories = n_categories
@@ -41,9 +42,15 @@ class CategoricalAAE(AAEModel):
         self.z_prior = GaussianPrior(c.z_dim, c.z_prior_std)
         self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, logits_dim=n_categories,
                                network=c.network, init_std=c.init_std, logits_batchnorm=c.y_batchnorm)
+        representation_dim = n_categories + c.z_dim if representation_dim is None else representation_dim
         self.decoder = Decoder(representation_dim, c.input_dim, c.hidden, c.network, c.init_std)
         self.disc_y = discriminator(n_categories, c.disc_hidden, c.init_std, c.disc_init)
         self.disc_z = discriminator(c.z_dim, c.disc_hidden, c.init_std, c.disc_init)
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether the supervised phase fits q(y|x) to labels (the loader then supplies some)."""
+        return self.label_needs != "none"
 
     def representation(self, y: Tensor, z: Tensor) -> Tensor:
         """What the decoder reads: [y, z] (the dimensionality-reduction AAE overrides this)."""
@@ -61,15 +68,33 @@ class CategoricalAAE(AAEModel):
             phases["supervised"] = list(self.encoder.parameters())
         return phases
 
-    def reconstruct(self, x: Tensor, penalty: Tensor | None = None) -> Tensor:
-        """Reconstruction phase through [softmax(y), z]; `penalty` joins the same step."""
+    def reconstruction_penalties(self) -> dict[str, Tensor]:
+        """Extra losses (by name) that join the reconstruction step; none by default."""
+        return {}
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        """Reconstruction (+ any penalties); both discriminators; the generator; cross-entropy on the labelled
+        examples if the variant uses labels (skipped for a batch without any)."""
+        penalties = self.reconstruction_penalties()
+        penalty = torch.stack(list(penalties.values())).sum() if penalties else None
+        losses = {"recon_loss": self.reconstruction_step(batch.x, penalty)}
+        losses.update({name: loss.detach() for name, loss in penalties.items()})
+        losses.update(self.regularisation_step(batch.x))
+        if self.uses_labels:
+            losses.update(self.supervised_step(batch))
+        return losses
+
+    def reconstruction_step(self, x: Tensor, penalty: Tensor | None = None) -> Tensor:
+        """One optimiser step of the reconstruction phase through representation(softmax(y), z); `penalty`
+        joins the same step. Returns the reconstruction loss."""
         out = self.encoder(x, self.generator)
         logits = self.decoder(self.representation(out.logits.softmax(1), out.code))
         return reconstruction_phase(logits, x, self.optimizer("reconstruction"), self.grad_sync,
                                     self.config.recon_loss, penalty)
 
-    def regularise(self, x: Tensor) -> dict[str, Tensor]:
-        """Both discriminators (prior = 1, codes = 0), then the encoder fools both (codes labelled 1)."""
+    def regularisation_step(self, x: Tensor) -> dict[str, Tensor]:
+        """One step of both discriminators (prior = 1, codes = 0), then one of the encoder fooling both (codes
+        labelled 1)."""
         n, rng, noise = len(x), self.generator, self.config.disc_noise_std
         with torch.no_grad():
             out = self.encoder(x, rng)
@@ -81,8 +106,8 @@ class CategoricalAAE(AAEModel):
         gen_y, gen_z = generator_phase(critics, self.optimizer("generator"), self.grad_sync, noise, rng)
         return {"disc_y_loss": disc_y, "disc_z_loss": disc_z, "gen_y_loss": gen_y, "gen_z_loss": gen_z}
 
-    def supervise(self, batch: Batch) -> dict[str, Tensor]:
-        """Cross-entropy of q(y|x) on the batch's labelled examples; nothing if it has none."""
+    def supervised_step(self, batch: Batch) -> dict[str, Tensor]:
+        """One step on the cross-entropy of q(y|x) on the batch's labelled examples; nothing if it has none."""
         labelled = batch.labelled()
         if labelled is None:
             return {}
@@ -98,6 +123,10 @@ class CategoricalAAE(AAEModel):
     def classify(self, x: Tensor) -> Tensor:
         """q(y|x): class (or cluster) probabilities."""
         return self.infer(x).logits.softmax(1)
+
+    def cluster(self, x: Tensor) -> Tensor:
+        """The category index of each row: argmax q(y|x)."""
+        return self.classify(x).argmax(1)
 
     def style(self, x: Tensor) -> tuple[Tensor, float]:
         """z, whose prior is N(0, z_prior_std² I)."""

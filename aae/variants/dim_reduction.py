@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from aae.batch import Batch
 from aae.losses import cluster_head_hinge
 from aae.networks import init_weights
 from aae.variants.categorical import CategoricalAAE, CategoricalConfig
@@ -38,8 +37,7 @@ class DimReductionAAE(CategoricalAAE):
     config_class = DimReductionConfig
 
     def __init__(self, config: DimReductionConfig) -> None:
-        super().__init__(config, config.n_clusters, config.z_dim)
-        self.uses_labels = config.use_labels
+        super().__init__(config, config.n_clusters, representation_dim=config.z_dim)
         self.heads = nn.Linear(config.n_clusters, config.z_dim, bias=False)
         init_weights(self.heads, config.init_std)
 
@@ -56,15 +54,6 @@ class DimReductionAAE(CategoricalAAE):
         """The m cluster heads (the columns of W_C), shape (m, n)."""
         return self.heads.weight.detach().T
 
-    def training_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Reconstruction + head hinge; both discriminators; the generator; cross-entropy if use_labels."""
-        hinge = cluster_head_hinge(self.heads.weight.T, self.config.eta)
-        losses = {"recon_loss": self.reconstruct(batch.x, penalty=hinge), "hinge_loss": hinge.detach()}
-        losses.update(self.regularise(batch.x))
-        if self.config.use_labels:
-            losses.update(self.supervise(batch))
-        return losses
-
-    def cluster(self, x: Tensor) -> Tensor:
-        """The cluster index of each row: argmax q(y|x)."""
-        return self.classify(x).argmax(1)
+    def reconstruction_penalties(self) -> dict[str, Tensor]:
+        """The hinge keeping every pair of cluster heads η apart."""
+        return {"hinge_loss": cluster_head_hinge(self.heads.weight.T, self.config.eta)}

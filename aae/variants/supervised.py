@@ -1,87 +1,38 @@
-"""Supervised AAE (paper §5): the decoder gets the one-hot label, so z only has to carry style."""
+"""Supervised AAE (paper §4): the decoder gets the one-hot label, so z only has to carry style."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from aae.batch import Batch
-from aae.networks import Decoder, Encoder, discriminator
-from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase
-from aae.priors import GaussianPrior, build_prior, one_hot
-from aae.variants.base import AAEModel, AdversarialConfig, _check
+from aae.priors import one_hot
+from aae.variants.labelled import LabelledConfig
+from aae.variants.single_code import SingleCodeAAE
 
 
 @dataclass
-class SupervisedConfig(AdversarialConfig):
+class SupervisedConfig(LabelledConfig):
     """Style code size (the paper: about 15), classes, and the style prior (built with dim=z_dim)."""
 
     z_dim: int = 15
-    n_classes: int = 10
-    prior: str = "gaussian"
-    prior_params: dict[str, Any] = field(default_factory=dict)
-    # The one-hot label's magnitude at the decoder's input (not in the paper): at 1, against a style code
-    # of std 1-5, the decoder learns to take the class from z and ignores y (benchmarks/results/fidelity.md).
-    y_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.y_scale > 0, "y_scale must be positive")
 
 
-class SupervisedAAE(AAEModel):
+class SupervisedAAE(SingleCodeAAE):
     """Encoder x -> z (style); decoder [one-hot y, z] -> x; one discriminator on z."""
 
     config_class = SupervisedConfig
     label_needs = "all"
 
-    def __init__(self, config: SupervisedConfig) -> None:
-        super().__init__(config)
-        c = config
-        self.prior = build_prior(c.prior, dim=c.z_dim, **c.prior_params)
-        self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, c.encoder, network=c.network, init_std=c.init_std)
-        self.decoder = Decoder(c.n_classes + c.z_dim, c.input_dim, c.hidden, c.network, c.init_std)
-        self.discriminator = discriminator(c.z_dim, c.disc_hidden, c.init_std, c.disc_init)
+    @property
+    def decoder_input_dim(self) -> int:
+        """The one-hot label and z."""
+        return self.config.n_classes + self.config.z_dim
 
-    def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """Reconstruction: encoder + decoder; discriminator: D; generator: encoder."""
-        return {
-            "reconstruction": [*self.encoder.parameters(), *self.decoder.parameters()],
-            "discriminator": list(self.discriminator.parameters()),
-            "generator": list(self.encoder.parameters()),
-        }
-
-    def decoder_input(self, z: Tensor, y: Tensor) -> Tensor:
+    def decoder_input(self, z: Tensor, y: Tensor | None) -> Tensor:
         """[one-hot y, z], what the decoder reads."""
         return torch.cat([self.config.y_scale * one_hot(y, self.config.n_classes).to(z), z], 1)
-
-    def training_step(self, batch: Batch) -> dict[str, Tensor]:
-        """Reconstruction from (y, z), then the discriminator and generator on z."""
-        x, y, c, rng = batch.x, batch.y, self.config, self.generator
-        if y is None or bool((y < 0).any()):
-            raise ValueError("the supervised AAE needs a label for every example (label_needs='all')")
-        z = self.encoder(x, rng).code
-        recon = reconstruction_phase(self.decoder(self.decoder_input(z, y)), x,
-                                     self.optimizer("reconstruction"), self.grad_sync, c.recon_loss)
-        with torch.no_grad():
-            codes = self.encoder(x, rng).code
-        real = self.prior_sample(self.prior, len(x))
-        (disc,) = discriminator_phase([Critic(self.discriminator, real, codes)], self.optimizer("discriminator"),
-                                      self.grad_sync, c.disc_noise_std, rng)
-        (gen,) = generator_phase([Critic(self.discriminator, None, self.encoder(x, rng).code)],
-                                 self.optimizer("generator"), self.grad_sync, c.disc_noise_std, rng)
-        return {"recon_loss": recon, "disc_loss": disc, "gen_loss": gen}
-
-    def style(self, x: Tensor) -> tuple[Tensor, float] | None:
-        """The code and its prior's std where the prior is Gaussian."""
-        return (self.infer(x).code, self.prior.std) if isinstance(self.prior, GaussianPrior) else None
-
-    def encode(self, x: Tensor) -> Tensor:
-        """The style code z of each row (decode takes [one-hot y, z]; see decode_with_labels)."""
-        return self.infer(x).code
 
     def decode_with_labels(self, z: Tensor, y: Tensor) -> Tensor:
         """Images for style codes z rendered as classes y."""

@@ -1,4 +1,4 @@
-"""VAE baseline (the paper's comparison): one joint loss, reconstruction + KL to the prior.
+"""VAE baseline (the paper's comparison, §2.1): one joint loss, reconstruction + KL to the prior.
 
 The KL is analytic for a Gaussian prior; any prior with `log_prob` (the mixture) gets a one-sample
 Monte Carlo estimate instead.
@@ -6,27 +6,24 @@ Monte Carlo estimate instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from aae.batch import Batch
 from aae.losses import gaussian_kl, monte_carlo_kl
-from aae.networks import Decoder, Encoder, EncoderOutput
+from aae.networks import EncoderOutput
 from aae.phases import reconstruction_phase
-from aae.priors import GaussianPrior, build_prior
-from aae.variants.base import AAEModel, NetworkConfig
+from aae.priors import GaussianPrior
+from aae.variants.base import CodeConfig, NetworkConfig
+from aae.variants.single_code import SingleCodeModel
 
 
 @dataclass
-class VAEConfig(NetworkConfig):
+class VAEConfig(NetworkConfig, CodeConfig):
     """A VAE needs a Gaussian-posterior encoder; the prior is built with dim=z_dim."""
 
     encoder: str = "gaussian"
-    z_dim: int = 2
-    prior: str = "gaussian"
-    prior_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -34,21 +31,16 @@ class VAEConfig(NetworkConfig):
             raise ValueError("the VAE needs encoder='gaussian'")
 
 
-class VAE(AAEModel):
+class VAE(SingleCodeModel):
     """Gaussian encoder, decoder, KL regulariser; trained in the reconstruction phase only."""
 
     config_class = VAEConfig
     label_needs = "none"
 
-    def __init__(self, config: VAEConfig) -> None:
-        super().__init__(config)
-        c = config
-        self.prior = build_prior(c.prior, dim=c.z_dim, **c.prior_params)
+    def check_prior(self) -> None:
+        """The KL needs a Gaussian prior (closed form) or a log_prob (Monte Carlo)."""
         if not isinstance(self.prior, GaussianPrior) and not hasattr(self.prior, "log_prob"):
-            raise ValueError(f"the VAE needs a Gaussian prior or one with log_prob; {c.prior!r} has neither")
-        self.encoder = Encoder(c.input_dim, c.z_dim, c.hidden, "gaussian", network=c.network,
-                               init_std=c.init_std)
-        self.decoder = Decoder(c.z_dim, c.input_dim, c.hidden, c.network, c.init_std)
+            raise ValueError(f"the VAE needs a Gaussian prior or one with log_prob; {self.config.prior!r} has neither")
 
     def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
         """One phase: encoder + decoder on reconstruction + KL."""
@@ -68,11 +60,3 @@ class VAE(AAEModel):
         recon = reconstruction_phase(self.decoder(out.code), x, self.optimizer("reconstruction"),
                                      self.grad_sync, self.config.recon_loss, penalty=kl)
         return {"recon_loss": recon, "kl_loss": kl.detach()}
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Posterior mean for each row of x."""
-        return self.infer(x).code
-
-    def sample(self, n: int) -> Tensor:
-        """Decode n prior draws."""
-        return self.decode(self.prior.sample(n).to(self.device))

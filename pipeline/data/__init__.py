@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from pipeline.data.store import (
     build_atomically,
     dataset_lock,
     file_record,
-    read_manifest,
+    read_dataset_manifest,
     read_split,
     remove_leftovers,
     verify_files,
@@ -39,6 +40,7 @@ from pipeline.data.store import (
     write_split,
 )
 from pipeline.errors import UserError
+from pipeline.rundir import atomic_write_bytes
 
 __all__ = [
     "SPLITS",
@@ -138,7 +140,7 @@ def _rebuild_hint(dataset: DatasetName, root: Path) -> str:
 def _open(name: str, data_dir: Path | None) -> tuple[Path, dict[str, Any], str]:
     dataset, root = parse_name(name), _root(data_dir)
     directory, rebuild = root / dataset.dir_name, _rebuild_hint(dataset, root)
-    manifest = read_manifest(directory, rebuild)
+    manifest = read_dataset_manifest(directory, rebuild)
     if manifest is None:
         flag = "" if root == default_data_dir() else f" --data-dir {root}"
         raise UserError(f"dataset {dataset.name} is not prepared in {root}",
@@ -149,7 +151,7 @@ def _open(name: str, data_dir: Path | None) -> tuple[Path, dict[str, Any], str]:
 def _is_prepared(final: Path, dataset: DatasetName, root: Path) -> bool:
     """Whether `final` holds a prepared dataset, every checksum verified in full; a mismatch is a UserError."""
     rebuild = _rebuild_hint(dataset, root)
-    manifest = read_manifest(final, rebuild)
+    manifest = read_dataset_manifest(final, rebuild)
     if manifest is None:
         return False
     # A prepared copy that fails verification is refused, not rebuilt: it may be data the user put there.
@@ -189,14 +191,13 @@ def _write_dataset(directory: Path, dataset: DatasetName, raw: RawDataset) -> No
 
 def _record_label_split(directory: Path, key: str, indices: np.ndarray, count: int, seed: int) -> None:
     with dataset_lock(directory.parent, directory.name):
-        manifest = read_manifest(directory, "")
+        manifest = read_dataset_manifest(directory, "")
         if manifest is None or key in manifest.get("label_splits", {}):
             return  # rebuilt meanwhile, or another worker recorded the same (deterministic) split first
         path = directory / f"{key}.npy"
-        tmp = directory / f".{key}.npy.tmp"
-        with tmp.open("wb") as handle:  # a handle, because np.save would append .npy to a path
-            np.save(handle, indices, allow_pickle=False)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()  # a buffer, because np.save would append .npy to a path
+        np.save(buffer, indices, allow_pickle=False)
+        atomic_write_bytes(path, buffer.getvalue())
         manifest["files"][path.name] = file_record(path)
         manifest.setdefault("label_splits", {})[key] = {"file": path.name, "n_labels": count, "seed": seed}
         write_json_atomic(directory / MANIFEST, manifest)

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.data.idx import IDX_FILES, find_idx_file, read_idx_dir
 from pipeline.data.svhn import SVHN_FILES, SVHN_URL, first_line, read_svhn_files, svhn_files
 from pipeline.errors import UserError
+from pipeline.rundir import sha256_file
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -79,7 +80,7 @@ def fetch_raw(dataset: DatasetName, downloads: Path) -> RawDataset:
     if dataset.format == "idx" and dataset.local_path is not None:
         splits = read_idx_dir(dataset.local_path)
         files = [find_idx_file(dataset.local_path, stem) for stem, _ in IDX_FILES.values()]
-        return RawDataset(splits, {"kind": "idx", "location": str(dataset.local_path), "sha256": _sha_of(files)})
+        return RawDataset(splits, {"kind": "idx", "location": str(dataset.local_path), "sha256": sha256_file(*files)})
     if dataset.format == "svhn":
         return fetch_svhn(dataset.local_path, downloads)
     return fetch_mnist(downloads)
@@ -93,7 +94,7 @@ def fetch_svhn(directory: Path | None, downloads: Path) -> RawDataset:
         files = svhn_files(directory)
         kind = "svhn .mat files" + (" with extra" if "extra" in files else "")
         return RawDataset(read_svhn_files(files),
-                          {"kind": kind, "location": str(directory), "sha256": _sha_of(list(files.values()))})
+                          {"kind": kind, "location": str(directory), "sha256": sha256_file(*files.values())})
     fix = (f"connect to the internet, or download train_32x32.mat and test_32x32.mat from {SVHN_URL} into a "
            "directory and run `aae-pipeline data prepare svhn:/that/dir`")
     try:
@@ -108,7 +109,7 @@ def fetch_svhn(directory: Path | None, downloads: Path) -> RawDataset:
         raise UserError(f"could not download SVHN through torchvision ({first_line(err)})", fix) from None
     files = {part: root / SVHN_FILES[part] for part in ("train", "test")}
     return RawDataset(read_svhn_files(files),
-                      {"kind": "torchvision", "location": str(root), "sha256": _sha_of(list(files.values()))})
+                      {"kind": "torchvision", "location": str(root), "sha256": sha256_file(*files.values())})
 
 
 def fetch_mnist(downloads: Path) -> RawDataset:
@@ -189,7 +190,7 @@ def _from_torchvision(downloads: Path) -> RawDataset:
         raise SourceUnavailable(f"torchvision download failed ({type(err).__name__}: {err})") from None
     raw = root / "MNIST" / "raw"
     files = [find_idx_file(raw, stem) for stem, _ in IDX_FILES.values()]
-    return RawDataset(read_idx_dir(raw), {"kind": "torchvision", "location": str(raw), "sha256": _sha_of(files)})
+    return RawDataset(read_idx_dir(raw), {"kind": "torchvision", "location": str(raw), "sha256": sha256_file(*files)})
 
 
 class _NumpyArrayUnpickler(pickle.Unpickler):
@@ -245,8 +246,3 @@ def mnist_from_pickle_gz(blob: bytes) -> Splits:
     return splits
 
 
-def _sha_of(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()

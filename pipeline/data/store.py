@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
+from pipeline.rundir import atomic_write_text, sha256_file
 
 try:  # POSIX only; elsewhere concurrent prepares of one dataset are simply not serialised
     import fcntl
@@ -72,26 +71,12 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file, read in chunks so big files do not need to fit in memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write JSON (sorted keys) so that readers see the old file or the new one, never half of one."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def read_manifest(directory: Path, rebuild: str) -> dict[str, Any] | None:
+def read_dataset_manifest(directory: Path, rebuild: str) -> dict[str, Any] | None:
     """The dataset's manifest, or None when there is none (a dataset without one is not prepared)."""
     path = directory / MANIFEST
     try:

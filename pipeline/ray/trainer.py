@@ -55,7 +55,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     try:
         train(config, run, worker, report=report)
-        best = run.checkpoint_dir / "best.pt"
+        best = run.best_checkpoint
         if best.exists():
             tracker.log_artifact("model", "model", [best], uses=[dataset_artifact(config)[0]])
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, sha256_file
 
 StageFn = Callable[[Config, RunDir], dict[str, Any]]
 
@@ -40,18 +40,8 @@ def input_hash(stage: Stage, config: Config, run: RunDir) -> str:
         digest.update(json.dumps([key, value], sort_keys=True).encode())
     for path in stage.input_files(run):
         digest.update(path.name.encode())
-        digest.update(_file_digest(path))
+        digest.update(bytes.fromhex(sha256_file(path)) if path.exists() else b"missing")
     return digest.hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> bytes:
-    if not path.exists():
-        return b"missing"
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
 
 
 def _prepare(config: Config, run: RunDir) -> dict[str, Any]:
@@ -90,11 +80,11 @@ def _dataset_manifest(run: RunDir) -> list[Path]:
 
 
 def _best_checkpoint(run: RunDir) -> list[Path]:
-    return [run.checkpoint_dir / "best.pt"]
+    return [run.best_checkpoint]
 
 
 def _trained(run: RunDir) -> list[Path]:
-    return [run.checkpoint_dir / "best.pt", run.metrics_path]
+    return [run.best_checkpoint, run.metrics_path]
 
 
 def _evaluated(run: RunDir) -> list[Path]:

@@ -17,7 +17,6 @@ from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.training import checkpoint_payload, to_float
 
-BEST_CHECKPOINT = "best.pt"
 # Rows pushed through a network at once: bounds memory (a 2x1000 MLP on 1000 rows is a few MB).
 CHUNK = 1000
 
@@ -52,7 +51,7 @@ def load_eval_split(config: Config, split: str, limit: int | None = None) -> Spl
 
 def load_trained_model(config: Config, run: RunDir, input_dim: int) -> TrainedModel:
     """Rebuild the configured variant and load the run's best checkpoint into it (tensors only, never pickle)."""
-    path = run.checkpoint_dir / BEST_CHECKPOINT
+    path = run.best_checkpoint
     if not path.is_file():
         raise UserError(
             f"{run.path} has no trained checkpoint ({path.relative_to(run.path)} is missing)",

@@ -1,7 +1,7 @@
 """Stage 3: the paper's test-set numbers for a trained run, written to evaluation.json.
 
-Which evaluations a model gets is decided in one place, EVALUATIONS, keyed by variant name: every model is
-scored on reconstruction and Parzen log-likelihood; models with a y head add classification or clustering.
+Every model is scored on reconstruction, Parzen log-likelihood, degeneracy and prior fit (EVERY_MODEL); which
+evaluations of EVALUATIONS a variant adds (classification, clustering, ...) its plan says (pipeline.plans).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from aae import metrics as m
 from aae.variants.base import AAEModel
 from pipeline.config import Config
+from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
 from pipeline.training import style_codes
@@ -160,17 +161,8 @@ def style_grid(inputs: Inputs) -> Outcome:
 
 Evaluation = Callable[[Inputs], Outcome]
 EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy, prior_fit)
-# The one place that says which evaluations a variant gets beyond every model's (reconstruction, likelihood,
-# degeneracy, prior fit). The supervised AAE has no classifier (its decoder is given y): it gets the style grid.
-EVALUATIONS: dict[str, tuple[Evaluation, ...]] = {
-    "unsupervised": (),
-    "vae": (),
-    "label_regularised": (),
-    "supervised": (style_grid,),
-    "semi_supervised": (classification, style_grid),
-    "clustering": (clustering,),
-    "dim_reduction": (dim_reduction,),
-}
+# The evaluations a variant's plan may name (pipeline.plans), by function name.
+EVALUATIONS: dict[str, Evaluation] = {f.__name__: f for f in (classification, clustering, dim_reduction, style_grid)}
 
 
 def evaluate(config: Config, run: RunDir) -> dict[str, float]:
@@ -179,7 +171,7 @@ def evaluate(config: Config, run: RunDir) -> dict[str, float]:
     trained = load_trained_model(config, run, input_dim=test.x.shape[1])
     inputs = Inputs(config, trained.model, test)
     outcome, seconds = Outcome(), {}
-    for evaluation in (*EVALUATIONS.get(config.model.variant, ()), *EVERY_MODEL):
+    for evaluation in (*(EVALUATIONS[name] for name in plan_for(config.model.variant).evaluations), *EVERY_MODEL):
         started = time.perf_counter()
         outcome.merge(evaluation(inputs))
         seconds[evaluation.__name__] = round(time.perf_counter() - started, 2)

@@ -28,7 +28,7 @@ def track(config: Config, run: RunDir) -> dict[str, Any]:
         return {"wandb_mode": "disabled"}
     evaluation = _read_evaluation(run)
     tracker = make_tracker(config, run, "evaluate")
-    best = run.checkpoint_dir / "best.pt"
+    best = run.best_checkpoint
     if best.exists():
         tracker.use_artifact("model", "model", [best])  # the version the train run logged, matched by content
     metrics = evaluation.get("metrics", {})

@@ -11,7 +11,6 @@ from pipeline.errors import UserError
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import cluster, nodes, trainer
 from pipeline.rundir import RunDir
-from pipeline.stages.checkpoint import BEST_CHECKPOINT
 from pipeline.training import DIVERGED_FILE, optim_config
 
 
@@ -70,7 +69,7 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     warning = degeneracy_warning(config, final)
     if warning:
         console.print(f"[bold yellow]{warning}[/bold yellow]")
-    best = run.checkpoint_dir / BEST_CHECKPOINT
+    best = run.best_checkpoint
     outputs = {"metrics": final, "checkpoint": str(best), "epochs": len(rows), "workers": nodes.worker_records(run)}
     diverged = run.path / DIVERGED_FILE
     if diverged.exists():

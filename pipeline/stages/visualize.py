@@ -1,6 +1,6 @@
 """Stage 4: the paper's figures for the experiment that was run, as PNGs under <run>/figures/.
 
-Which figures a variant gets is decided in one place, FIGURES, keyed by variant name. Figures are drawn on
+Which figures of FIGURES a variant gets its plan says (pipeline.plans). Figures are drawn on
 matplotlib's Agg canvas through the object API (no pyplot, no global backend state) and written atomically.
 """
 
@@ -22,6 +22,7 @@ from sklearn.decomposition import PCA
 from aae.priors import GaussianPrior
 from aae.variants.base import AAEModel
 from pipeline.config import Config
+from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_bytes
 from pipeline.stages.checkpoint import Split, batched, load_eval_split, load_trained_model
 
@@ -171,17 +172,9 @@ def curves(c: Canvas) -> Figure | None:
 
 
 FigureFn = Callable[[Canvas], Figure | None]
-# The one place that says which of the paper's figures each variant gets (a figure may still decline,
-# e.g. prior_grid for a code that is not 2-D).
-FIGURES: dict[str, tuple[FigureFn, ...]] = {
-    "unsupervised": (codes, prior_grid, samples, curves),
-    "vae": (codes, prior_grid, samples, curves),
-    "label_regularised": (codes, prior_grid, samples, curves),
-    "supervised": (codes, style_grid, samples, curves),
-    "semi_supervised": (codes, style_grid, samples, curves),
-    "clustering": (codes, cluster_heads, samples, curves),
-    "dim_reduction": (dimred_map, samples, curves),
-}
+# The paper's figures a variant's plan may name (pipeline.plans), by function name.
+FIGURES: dict[str, FigureFn] = {f.__name__: f for f in (codes, prior_grid, style_grid, cluster_heads, dimred_map,
+                                                        samples, curves)}
 
 
 def visualize(config: Config, run: RunDir) -> dict[str, str]:
@@ -190,7 +183,7 @@ def visualize(config: Config, run: RunDir) -> dict[str, str]:
     model = load_trained_model(config, run, input_dim=test.x.shape[1]).model
     canvas = Canvas(config, run, model, test)
     written = {}
-    for draw in FIGURES.get(config.model.variant, (codes, samples, curves)):
+    for draw in (FIGURES[name] for name in plan_for(config.model.variant).figures):
         with torch.no_grad():
             fig = draw(canvas)
         if fig is None:

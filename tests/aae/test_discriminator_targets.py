@@ -23,7 +23,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Critic]]:
             seen[_phase] = list(critics)
             return _real(critics, *args, **kwargs)
 
-        for module in ("unsupervised", "label_regularised", "supervised", "categorical"):
+        for module in ("single_code", "categorical"):
             monkeypatch.setattr(f"aae.variants.{module}.{phase}", record)
     return seen
 

@@ -142,7 +142,7 @@ def test_y_scale_sets_the_labels_magnitude_at_the_decoder_input() -> None:
 def test_label_regularised_y_scale_sets_the_conditions_magnitude() -> None:
     plain, scaled = tiny("label_regularised"), tiny("label_regularised", y_scale=5.0)
     y = torch.tensor([0, 3, -1])
-    assert torch.equal(scaled.label_code(y), 5 * plain.label_code(y))
-    assert plain.label_code(y)[2, -1] == 1  # the "unlabelled" entry
+    assert torch.equal(scaled.critic_condition(y), 5 * plain.critic_condition(y))
+    assert plain.critic_condition(y)[2, -1] == 1  # the "unlabelled" entry
     with pytest.raises(ValueError, match="y_scale must be positive"):
         tiny("label_regularised", y_scale=-1.0)

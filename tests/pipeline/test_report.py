@@ -102,3 +102,12 @@ def test_cli_report_on_a_bad_dir_prints_one_line_and_exits_2(tmp_path, capsys, m
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not a run directory" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_without_the_key_in_its_params_lands_in_the_row_of_the_variants_default(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    experiment = tmp_path / "plain-clustering.yaml"
+    experiment.write_text("description: clustering at the model's default size\nmodel:\n  variant: clustering\n")
+    run = fake_run(tmp_path / "clu-default", str(experiment), [], {"test/cluster_error": 20.25})
+    assert "clu-default" in row_of(report_lines([run], capsys, monkeypatch), "16 clusters")

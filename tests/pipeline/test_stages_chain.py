@@ -24,7 +24,7 @@ def chain(monkeypatch, tmp_path):
             calls.append(name)
             if name == "train":
                 run.checkpoint_dir.mkdir(exist_ok=True)
-                (run.checkpoint_dir / "best.pt").write_text(f"weights {len(calls)}")
+                run.best_checkpoint.write_text(f"weights {len(calls)}")
                 run.metrics_path.write_text(json.dumps({"epoch": 1}) + "\n")
             if name == "evaluate":  # like the real stage, its output file depends on its config
                 (run.path / "evaluation.json").write_text(json.dumps(config.evaluate.model_dump()))

@@ -34,7 +34,7 @@ def evaluated_run(tmp_path: Path) -> RunDir:
     """A run directory as evaluate and visualize leave it: best.pt, evaluation.json, two figures."""
     run = new_run(tmp_path)
     run.checkpoint_dir.mkdir()
-    (run.checkpoint_dir / "best.pt").write_bytes(b"weights")
+    run.best_checkpoint.write_bytes(b"weights")
     (run.path / "figures").mkdir()
     for name in ("latent_scatter", "samples"):
         imsave(run.path / "figures" / f"{name}.png", np.random.default_rng(0).random((8, 8)))
@@ -149,7 +149,7 @@ def test_training_completes_when_wandb_cannot_start(synthetic_dataset, tmp_path,
     train_worker({"config": config.model_dump(mode="json"), "run_dir": str(run.path), "threads": 1,
                   "use_gpu": False})
     assert [row["epoch"] for row in reported] == [1]
-    assert (run.checkpoint_dir / "best.pt").exists()
+    assert run.best_checkpoint.exists()
     assert capsys.readouterr().out.count("W&B tracking stopped") == 1
     # A Ray worker's print never reaches the user: the error is also left for the driver to report.
     assert recorded_errors(run.path) == {"train": "init: ConnectionError offline"}
