@@ -65,13 +65,16 @@ def clear_worker_records(run: RunDir) -> None:
 def check_shared(directory: Path, what: str = "run directory") -> None:
     """Refuse a cluster where some node cannot see `directory` (a run's or a sweep's) at the same path.
 
-    Call with Ray connected and the directory created. Runs nothing on a one-node cluster."""
+    Call with Ray connected and the directory created. Runs nothing where the driver's node is the only one."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    if len(nodes) < 2:
-        return
+    # Only nodes that can run a worker or a stage task matter: a head without CPUs (the compose cluster's)
+    # holds neither.
+    nodes = [node for node in ray.nodes() if node.get("Alive")
+             and (node.get("Resources", {}).get("CPU", 0) > 0 or node.get("Resources", {}).get("GPU", 0) > 0)]
+    if all(node["NodeID"] == ray.get_runtime_context().get_node_id() for node in nodes):
+        return  # everything runs beside the driver
     token = secrets.token_hex(8)
     directory = directory.resolve()
     marker = directory / _SHARED_CHECK_FILE
