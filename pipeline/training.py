@@ -286,10 +286,10 @@ def validate(model: AAEModel, data: TrainingData, ctx: WorkerContext) -> dict[st
     out: dict[str, float] = {}
     if model.y_head is not None:
         probs = torch.cat([model.classify(chunk) for chunk in x.split(1000)]).cpu()
-        if model.y_head == "classes":
-            out["val/error"] = classification_error(probs, data.y_val)
-        else:
-            out["val/cluster_error"] = cluster_error_majority(probs, data.y_val, probs, data.y_val)
+        out[RANKING_METRIC[model.y_head]] = (
+            classification_error(probs, data.y_val) if model.y_head == "classes"
+            else cluster_error_majority(probs, data.y_val, probs, data.y_val)
+        )
         out.update({f"val/{key}": value for key, value in category_usage(probs).items()})
     styles = style_codes(model, x)
     if styles is not None:
@@ -309,8 +309,10 @@ def style_codes(model: AAEModel, x: torch.Tensor, chunk: int = 1000) -> tuple[to
     return torch.cat([codes.cpu() for codes, _ in styles]), styles[0][1]
 
 
-# Lower is better for each; the first one a run reports ranks its checkpoints (and is Tune's default metric).
-VALIDATION_METRICS = ("val/error", "val/cluster_error", "val/recon_bce")
+# The validation number that ranks a model's checkpoints and a sweep's trials, by the model's y head
+# (lower is better): class error, cluster error (majority vote), or the reconstruction loss.
+RANKING_METRIC = {"classes": "val/error", "clusters": "val/cluster_error", None: "val/recon_bce"}
+VALIDATION_METRICS = tuple(RANKING_METRIC.values())  # the first one a run reports ranks its checkpoints
 
 
 def validation_metric(metrics: dict[str, float]) -> tuple[str, float]:

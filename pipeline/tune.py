@@ -69,9 +69,9 @@ def sweep_metric(config: Config) -> str:
     checkpoints — classification error, cluster error (majority vote on the validation labels), or the
     reconstruction loss for models without a y head."""
     from aae.variants import build_model
+    from pipeline.training import RANKING_METRIC
 
-    head = build_model(config.model.variant, config.model.params).y_head
-    return {"classes": "val/error", "clusters": "val/cluster_error"}.get(head, "val/recon_bce")
+    return RANKING_METRIC[build_model(config.model.variant, config.model.params).y_head]
 
 
 def start_sweep(

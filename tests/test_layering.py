@@ -26,3 +26,10 @@ def test_aae_imports_no_ray_wandb_typer_yaml_or_pipeline() -> None:
     }
     assert {file: mods for file, mods in offenders.items() if mods} == {}
     assert len(offenders) > 10  # the walk really saw the package
+
+
+def test_every_source_folder_is_a_package_so_a_wheel_ships_it() -> None:
+    # setuptools' package finder skips folders without __init__.py: `pip install .` (not -e) would lack them.
+    root = AAE.parent
+    folders = {path.parent for name in ("aae", "pipeline") for path in (root / name).rglob("*.py")}
+    assert sorted(str(f.relative_to(root)) for f in folders if not (f / "__init__.py").exists()) == []
