@@ -48,7 +48,7 @@ def record_worker(run: RunDir, rank: int) -> None:
 def worker_records(run: RunDir) -> list[dict[str, Any]]:
     """Every rank's record, by rank (for the manifest's train stage)."""
     records = []
-    for path in sorted((run.path / WORKERS_DIR).glob("rank-*.json")):
+    for path in (run.path / WORKERS_DIR).glob("rank-*.json"):  # sorted below by rank, not by name (rank-10)
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
