@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from pipeline.config import load_config
+from pipeline.loop import DIVERGED_FILE, WorkerContext, train_loop
 from pipeline.rundir import RunDir
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.visualize import visualize
-from pipeline.training import DIVERGED_FILE, WorkerContext, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.jsonl"
 # The numbers a fidelity row shows, in this order, where the model has them.
@@ -99,7 +99,7 @@ def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, 
         run = RunDir(keep or Path(tmp) / "run")
         run.path.mkdir(parents=True, exist_ok=True)
         try:
-            train(config, run, WorkerContext(device=torch.device(device)), report=stop_when_out_of_time)
+            train_loop(config, run, WorkerContext(device=torch.device(device)), report=stop_when_out_of_time)
         except _OutOfTime:
             note = f"{note} (stopped after {minutes:g} min)".strip()
         test = evaluate(config, run) if run.read_metrics() else {}

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.loop import WorkerContext, build_training_model, load_training_data, make_batch, train_loop  # noqa: E402
 from pipeline.rundir import RunDir  # noqa: E402
-from pipeline.training import WorkerContext, build_training_model, load_training_data, make_batch, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET_EXAMPLES_PER_S = 50_000  # issue 15: <= 1.0 s per semisup epoch through run
@@ -73,7 +73,7 @@ class Bench:
         self.runs += 1
         run = RunDir(self.work / f"run-{self.runs}")
         run.path.mkdir(parents=True)
-        train(config, run, WorkerContext(device=torch.device(self.device)))
+        train_loop(config, run, WorkerContext(device=torch.device(self.device)))
         return run.read_metrics()
 
     def add(self, section: str, what: str, **values: Any) -> None:

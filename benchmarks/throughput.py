@@ -23,10 +23,10 @@ import torch
 
 from aae.batch import Batch
 from pipeline.config import load_config
+from pipeline.loop import build_training_model, load_training_data
 from pipeline.ray import cluster
 from pipeline.run import run_experiment
 from pipeline.rundir import RunDir
-from pipeline.training import build_training_model, load_training_data
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"one_worker_vs_bare": 0.9, "two_workers_vs_one": 1.2, "overhead_s": 20.0}

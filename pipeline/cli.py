@@ -172,7 +172,7 @@ def tune(
     ] = None,
 ) -> None:
     """Search hyperparameters of one experiment with Ray Tune; results and best.yaml land in a sweep directory."""
-    from pipeline.tune import SweepOptions, resume_sweep, start_sweep
+    from pipeline.sweep import SweepOptions, resume_sweep, start_sweep
 
     if resume is not None:
         if experiment is not None or overrides or space is not None or epochs is not None:

@@ -1,4 +1,4 @@
-"""The Ray Train runner: a TorchTrainer whose workers run pipeline.training.train on their shard."""
+"""The Ray Train runner: a TorchTrainer whose workers run pipeline.loop.train_loop on their shard."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from pipeline.training import WorkerContext, train
+    from pipeline.loop import WorkerContext, train_loop
 
     torch.set_num_threads(loop_config["threads"])
     context = ray.train.get_context()
@@ -54,7 +54,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics)
 
     try:
-        train(config, run, worker, report=report)
+        train_loop(config, run, worker, report=report)
         best = run.best_checkpoint
         if best.exists():
             tracker.log_artifact("model", "model", [best], uses=[dataset_artifact(config)[0]])

@@ -19,10 +19,10 @@ import torch
 from aae import metrics as m
 from aae.variants.base import AAEModel
 from pipeline.config import Config
+from pipeline.loop import style_codes
 from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_text
-from pipeline.stages.checkpoint import CHUNK, Split, batched, load_eval_split, load_trained_model
-from pipeline.training import style_codes
+from pipeline.stages.trained import CHUNK, Split, batched, load_eval_split, load_trained_model
 
 EVALUATION_FILE = "evaluation.json"
 # Test digits whose styles the style-grid measure renders as every class.

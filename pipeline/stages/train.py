@@ -8,10 +8,10 @@ from typing import Any
 from aae.optim import PHASES
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.loop import DIVERGED_FILE, optim_config
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import cluster, nodes, trainer
 from pipeline.rundir import RunDir
-from pipeline.training import DIVERGED_FILE, optim_config
 
 
 def divergence_advice(config: Config, phases: set[str]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.training import (
+from pipeline.loop import (
     WorkerContext,
     build_training_model,
     captured_steps,

@@ -13,10 +13,10 @@ import torch
 from aae.metrics import PARZEN_SIGMAS
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import UserError
+from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import CONFIG_FILE, RunDir
-from pipeline.stages.checkpoint import load_eval_split, load_trained_model
 from pipeline.stages.evaluate import Inputs, evaluate, style_grid
-from pipeline.training import WorkerContext, train
+from pipeline.stages.trained import load_eval_split, load_trained_model
 from tests.conftest import tiny_overrides
 
 # Few Parzen samples keep each evaluation to about a second.
@@ -29,7 +29,7 @@ def trained_run(dataset: dict[str, str], directory: Path, experiment: str, *extr
     directory.mkdir(parents=True)
     (directory / CONFIG_FILE).write_text(config_to_yaml(config))
     run = RunDir(directory)
-    train(config, run, WorkerContext())
+    train_loop(config, run, WorkerContext())
     return config, run
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import list_experiments, load_config
-from pipeline.training import (
+from pipeline.loop import (
     WorkerContext,
     build_training_model,
     load_training_data,

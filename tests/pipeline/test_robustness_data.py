@@ -20,8 +20,8 @@ from pipeline.data import load_label_split, load_split, prepare_dataset
 from pipeline.data.idx import read_idx, read_idx_dir
 from pipeline.data.labels import balanced_subset
 from pipeline.errors import UserError
+from pipeline.loop import load_training_data
 from pipeline.stages.prepare import prepare
-from pipeline.training import load_training_data
 from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import run_cli
 from tests.synthetic import LABEL_MAGIC, write_idx, write_synthetic_idx_dir

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
+from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import RunDir
-from pipeline.training import WorkerContext, train
 from tests.conftest import tiny_overrides
 
 
@@ -111,7 +111,7 @@ def test_one_ray_worker_trains_exactly_like_the_plain_loop(synthetic_dataset, tm
     config = load_config(str(ray_dir / "config.yaml"))
     plain = RunDir(tmp_path / "plain")
     plain.path.mkdir()
-    train(config, plain, WorkerContext())
+    train_loop(config, plain, WorkerContext())
     for via_ray, direct in zip(RunDir(ray_dir).read_metrics(), plain.read_metrics(), strict=True):
         for key in ("train/recon_loss", "train/supervised_loss", "val/error"):
             assert via_ray[key] == pytest.approx(direct[key], rel=1e-4)

@@ -19,7 +19,7 @@ from pipeline.search_space import (
     load_search_space,
     parse_search_space,
 )
-from pipeline.tune import sweep_metric
+from pipeline.sweep import sweep_metric
 
 TINY = ["model.params.hidden=[32,32]", "model.params.disc_hidden=[16,16]"]
 

@@ -15,8 +15,8 @@ from pipeline.config import config_to_yaml, load_config
 from pipeline.run import _print_summary
 from pipeline.rundir import RunDir
 from pipeline.stages.track import track
+from pipeline.sweep import _track_summary
 from pipeline.tracking import host_problem, make_tracker, recorded_errors, settle_tracking, wandb_run_id
-from pipeline.tune import _track_summary
 from tests.pipeline.test_run_cli import run_cli, sets
 from tests.pipeline.test_tracking import evaluated_run, new_run
 from tests.wandb_offline import find_offline_runs

@@ -11,9 +11,9 @@ from matplotlib.image import imread
 from aae.variants import build_model
 from pipeline.config import config_to_yaml, load_config
 from pipeline.errors import UserError
+from pipeline.loop import optim_config, save_checkpoint
 from pipeline.rundir import CONFIG_FILE, RunDir
 from pipeline.stages.visualize import visualize
-from pipeline.training import optim_config, save_checkpoint
 from tests.conftest import tiny_overrides
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,8 +14,8 @@ from aae.variants.base import AAEModel
 from pipeline.config import Config
 from pipeline.data import load_split
 from pipeline.errors import UserError
+from pipeline.loop import checkpoint_payload, to_float
 from pipeline.rundir import RunDir
-from pipeline.training import checkpoint_payload, to_float
 
 # Rows pushed through a network at once: bounds memory (a 2x1000 MLP on 1000 rows is a few MB).
 CHUNK = 1000

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
+from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import RunDir
-from pipeline.training import WorkerContext, train
 from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import run_cli
 
@@ -118,7 +118,7 @@ def test_best_config_trained_again_reproduces_the_best_trial(grid_sweep, tmp_pat
     manifest = json.loads((sweep / "sweep.json").read_text())
     again = RunDir(tmp_path / "again")
     again.path.mkdir()
-    final = train(load_config(str(sweep / "best.yaml")), again, WorkerContext())  # `run` with one worker
+    final = train_loop(load_config(str(sweep / "best.yaml")), again, WorkerContext())  # `run` with one worker
     assert final["epoch"] == EPOCHS
     assert final["val/recon_bce"] == pytest.approx(manifest["best"]["final"], rel=1e-3)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.loop import WorkerContext, build_training_model, load_training_data, train_loop, validate
 from pipeline.rundir import RunDir
 from pipeline.stages.train import degeneracy_warning, divergence_advice
-from pipeline.training import WorkerContext, build_training_model, load_training_data, train, validate
 from tests.conftest import tiny_overrides
 
 
@@ -20,7 +20,7 @@ def _train(dataset: dict[str, str], run_dir: Path, *extra: str) -> list[dict]:
     config = load_config("semisup", tiny_overrides(dataset, "data.labels=100", *extra))
     run_dir.mkdir(exist_ok=True)
     run = RunDir(run_dir)
-    train(config, run, WorkerContext())
+    train_loop(config, run, WorkerContext())
     return run.read_metrics()
 
 

@@ -1,6 +1,6 @@
 """The Ray Tune runner of `aae-pipeline tune`: Tune samples, schedules and records; each trial runs the same
-pipeline.training.train as `aae-pipeline run`, in the trial's own process (one worker) or through a TorchTrainer
-named after the trial (several workers). The sweep's logic (spaces, metric, results) lives in pipeline/tune.py."""
+pipeline.loop.train_loop as `aae-pipeline run`, in the trial's own process (one worker) or through a TorchTrainer
+named after the trial (several workers). The sweep's logic (spaces, metric, results) lives in pipeline/sweep.py."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.loop import DIVERGED_FILE
 from pipeline.progress import console
 from pipeline.ray import trainer
 from pipeline.ray.cluster import WorkerResources
 from pipeline.ray.nodes import record_worker
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text
 from pipeline.search_space import SearchSpace, decode_params, encoded_values
-from pipeline.training import DIVERGED_FILE
 
 # A trial that only drives a TorchTrainer holds no CPU: its workers ask for theirs. Asking for even a sliver of
 # one deadlocks a 2-core machine (the trial holds the CPU its own workers wait for) and keeps a 4-CPU cluster
@@ -75,8 +75,8 @@ def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str
     import torch
     from ray import tune
 
+    from pipeline.loop import WorkerContext, train_loop
     from pipeline.tracking import make_tracker
-    from pipeline.training import WorkerContext, train
 
     torch.set_num_threads(setup.threads)
     record_worker(run, 0)  # the trial's process is its only worker
@@ -88,7 +88,7 @@ def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str
         tune.report(metrics)
 
     try:
-        train(config, run, WorkerContext(device=device), report=report)
+        train_loop(config, run, WorkerContext(device=device), report=report)
     finally:
         tracker.finish()
 

@@ -130,7 +130,7 @@ def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
     return device.type == "cuda" and config.run.cuda_graphs
 
 
-def train(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | None = None) -> dict[str, float]:
+def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | None = None) -> dict[str, float]:
     """Train from the last checkpoint in the run directory (or from scratch) to config.train.epochs."""
     graphs = uses_cuda_graphs(config, ctx.device)
     # A captured step gathers its batch on the device, so CUDA graphs bring the training split there too.

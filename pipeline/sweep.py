@@ -69,7 +69,7 @@ def sweep_metric(config: Config) -> str:
     checkpoints — classification error, cluster error (majority vote on the validation labels), or the
     reconstruction loss for models without a y head."""
     from aae.variants import build_model
-    from pipeline.training import RANKING_METRIC
+    from pipeline.loop import RANKING_METRIC
 
     return RANKING_METRIC[build_model(config.model.variant, config.model.params).y_head]
 
@@ -103,7 +103,7 @@ def start_sweep(
     base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
     _open_sweep_dir(path, base, space, options, metric)
     _check_nodes_see(path, options)
-    from pipeline.ray.tune import new_tuner
+    from pipeline.ray.tuner import new_tuner
 
     _fit(new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures), path)
     return finish_sweep(path)
@@ -145,7 +145,7 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
     _write_manifest(path, {**manifest, "status": "running"})
     _check_nodes_see(path, options)
     console.print(f"resuming sweep {path}")
-    from pipeline.ray.tune import restore_tuner
+    from pipeline.ray.tuner import restore_tuner
 
     _fit(restore_tuner(setup), path)
     return finish_sweep(path)
@@ -208,7 +208,7 @@ def _connect(
 ) -> tuple[Any, SweepOptions]:
     """Start or join Ray sized for the concurrent trials; returns the trials' setup and the completed options."""
     from pipeline.ray import cluster
-    from pipeline.ray.tune import TrialSetup
+    from pipeline.ray.tuner import TrialSetup
 
     wpt, local = options.workers_per_trial, not options.address
     plan = cluster.plan_resources(wpt, base.run.gpus_per_worker, base.run.cpus_per_worker, local=local)
@@ -232,7 +232,7 @@ def _connect(
 
 def finish_sweep(path: Path) -> SweepResult:
     """Collect every trial into trials.parquet and a printed table, write best.yaml, and close sweep.json."""
-    from pipeline.ray.tune import trial_states
+    from pipeline.ray.tuner import trial_states
 
     manifest = read_sweep_manifest(path)
     space = parse_search_space(manifest["space"], manifest["space_file"])
@@ -264,7 +264,7 @@ def finish_sweep(path: Path) -> SweepResult:
 
 def _trial_row(path: Path, state: dict[str, Any], space: SearchSpace, metric: str, epochs: int) -> dict[str, Any]:
     """One trial's line, from its own run directory's metrics (what it really trained) and Tune's status."""
-    from pipeline.ray.tune import trial_run_dir
+    from pipeline.ray.tuner import trial_run_dir
 
     history = trial_run_dir(path, state["trial_id"]).read_metrics()
     values = [row[metric] for row in history if metric in row]
