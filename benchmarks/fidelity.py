@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import load_config
-from pipeline.loop import DIVERGED_FILE, WorkerContext, train_loop
+from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import RunDir
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.visualize import visualize
@@ -102,10 +102,10 @@ def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, 
             train_loop(config, run, WorkerContext(device=torch.device(device)), report=stop_when_out_of_time)
         except _OutOfTime:
             note = f"{note} (stopped after {minutes:g} min)".strip()
-        test = evaluate(config, run) if run.read_metrics() else {}
+        test = evaluate(config, run)["metrics"] if run.read_metrics() else {}
         if figures is not None and test:
             figures.mkdir(parents=True, exist_ok=True)
-            for name, relative in visualize(config, run).items():
+            for name, relative in visualize(config, run)["figures"].items():
                 shutil.copy(run.path / relative, figures / f"{experiment}-{name}.png")
         return record(experiment, run, overrides, note, test, round(time.perf_counter() - started), results)
 
@@ -119,7 +119,7 @@ def record(experiment: str, run: RunDir, overrides: list[str], note: str, test: 
         test = json.loads(evaluation.read_text())["metrics"] if evaluation.is_file() else {}
     row = {
         "experiment": experiment, "overrides": overrides, "epochs": len(history),
-        "diverged": (run.path / DIVERGED_FILE).exists(), "note": note, "seconds": seconds,
+        "diverged": run.divergence() is not None, "note": note, "seconds": seconds,
         **{key: value for key, value in test.items() if key in SHOWN},
         "curve": [{k: v for k, v in h.items() if k.startswith("val/") or k == "epoch"} for h in history],
     }

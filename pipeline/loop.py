@@ -7,8 +7,6 @@ import functools
 import io
 import json
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,11 +32,10 @@ from pipeline.config import Config
 from pipeline.cuda_graphs import CapturedSteps
 from pipeline.data import load_label_split, load_split
 from pipeline.data.labels import balanced_subset
-from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_text
+from pipeline.rundir import DIVERGED, RunDir, atomic_write_bytes
 
 ReportFn = Callable[[dict[str, float]], None]
 CHECKPOINTS_KEPT = 2
-DIVERGED_FILE = "diverged.json"  # written when training stopped on non-finite losses
 
 
 @dataclass
@@ -48,7 +45,6 @@ class WorkerContext:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
-    fault: dict[str, Any] | None = None  # tests only: kill this process at (epoch, step, rank), once
 
 
 @dataclass
@@ -142,8 +138,6 @@ def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn
         model.grad_sync = average_gradients
     start_epoch, best = restore_latest_checkpoint(model, run, ctx.device)
     captured = captured_steps(model, data, config, ctx) if graphs else None
-    if ctx.rank == 0:
-        (run.path / DIVERGED_FILE).unlink(missing_ok=True)  # a stale mark from an earlier attempt
     last: dict[str, float] = {}
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
@@ -152,7 +146,7 @@ def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn
             # Every rank sees the same averaged losses, so all stop here together. The epoch is not
             # checkpointed: the best and last checkpoints stay the last finite ones.
             if ctx.rank == 0:
-                atomic_write_text(run.path / DIVERGED_FILE, json.dumps({"epoch": epoch + 1, "losses": losses}))
+                log_metrics(run, {DIVERGED: epoch + 1, "losses": losses})
             break
         trained = time.perf_counter()
         last = {**losses, **validate(model, data, ctx)}
@@ -166,11 +160,16 @@ def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn
                 print(f"CUDA graphs off for this run, training eagerly: {captured.eager_reason}", flush=True)
         if ctx.rank == 0:
             best = save_checkpoint(model, run, epoch, last, best)
-            with run.metrics_path.open("a") as log:
-                log.write(json.dumps(last) + "\n")
+            log_metrics(run, last)
         if report is not None:
             report(last)
     return last
+
+
+def log_metrics(run: RunDir, row: dict[str, Any]) -> None:
+    """Append one row to metrics.jsonl, the run's record of training that the driver follows (rank 0 only)."""
+    with run.metrics_path.open("a") as log:
+        log.write(json.dumps(row) + "\n")
 
 
 def _examples_per_epoch(config: Config, data: TrainingData) -> int:
@@ -218,7 +217,6 @@ def train_one_epoch(model: AAEModel, data: TrainingData, config: Config, ctx: Wo
         # Summed on the model's device and read once at the end: reading a loss waits for the device.
         sums: dict[str, torch.Tensor] = {}
         for step in range(len(rows)):
-            _maybe_inject_fault(ctx, epoch, step)
             batch = make_batch(model, data, rows[step], labelled_rows[step]).to(ctx.device)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.run.amp):
                 losses = model.training_step(batch)
@@ -350,18 +348,6 @@ def restore_latest_checkpoint(model: AAEModel, run: RunDir, device: torch.device
         best_state = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
         best = validation_metric(best_state["metrics"])[1]
     return state["epoch"] + 1, best
-
-
-def _maybe_inject_fault(ctx: WorkerContext, epoch: int, step: int) -> None:
-    """Tests only: SIGKILL this worker once at a chosen (epoch, step, rank) to exercise failure recovery."""
-    fault = ctx.fault
-    if not fault or (epoch, step, ctx.rank) != (fault["epoch"], fault["step"], fault["rank"]):
-        return
-    marker = Path(str(fault["marker"]))
-    if marker.exists():
-        return
-    marker.write_text(f"killed rank {ctx.rank} at epoch {epoch} step {step}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_payload(path: Path) -> dict[str, Any]:

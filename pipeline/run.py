@@ -13,20 +13,79 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import Interrupted, StageError, UserError
 from pipeline.progress import console, log_to, summary_table
-from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, driving, new_run_dir
-from pipeline.stages import STAGE_NAMES, STAGES, Stage, input_hash
+from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, driving, new_run_dir, sha256_file
+from pipeline.stages import StageFn
+from pipeline.stages.evaluate import EVALUATION_FILE, evaluate
+from pipeline.stages.prepare import prepare
+from pipeline.stages.track import track
+from pipeline.stages.train import train
+from pipeline.stages.visualize import FIGURE_DIR, visualize
 from pipeline.tracking import settle_tracking
 
 RUNS_ROOT = Path("runs")
 LOG_FILE = "run.log"  # everything the run printed, without colours
 # Sections that change no trained result: a run that differs only in these reuses the earlier run directory.
 _NOT_IN_RUN_KEY = ("description", "tracking", "evaluate")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the chain: its function, the config sections and files it depends on, where it runs."""
+
+    name: str
+    run: StageFn
+    config_keys: tuple[str, ...]  # top-level config sections (or section.key) the stage reads
+    input_files: Callable[[RunDir], list[Path]]  # files from earlier stages it reads
+    as_task: bool = True  # a Ray task; `train` instead drives a TorchTrainer from the driver
+
+
+def _dataset_manifest(run: RunDir) -> list[Path]:
+    outputs = run.read_manifest().get("stages", {}).get("prepare", {}).get("outputs", {})
+    return [Path(outputs["dataset_dir"]) / "manifest.json"] if "dataset_dir" in outputs else []
+
+
+def _trained(run: RunDir) -> list[Path]:
+    return [run.best_checkpoint, run.metrics_path]
+
+
+def _evaluated(run: RunDir) -> list[Path]:
+    return [run.path / EVALUATION_FILE, *sorted((run.path / FIGURE_DIR).glob("*.png"))]
+
+
+# The chain, in order. A stage is skipped on a re-run when its recorded input hash matches: the hash covers the
+# config keys it reads and the files earlier stages produced for it, so changing either redoes it and every
+# stage after.
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", prepare, ("data",), lambda run: []),
+    Stage("train", train, ("data", "model", "train", "run.workers", "run.gpus_per_worker", "run.amp"),
+          _dataset_manifest, as_task=False),
+    Stage("evaluate", evaluate, ("data", "model", "evaluate"), lambda run: [run.best_checkpoint]),
+    Stage("visualize", visualize, ("data", "model"), _trained),
+    Stage("track", track, ("tracking",), lambda run: [*_trained(run), *_evaluated(run)]),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def input_hash(stage: Stage, config: Config, run: RunDir) -> str:
+    """sha256 over the stage's config keys and the bytes of its input files."""
+    dumped = config.model_dump(mode="json")
+    digest = hashlib.sha256()
+    for key in stage.config_keys:
+        section, _, sub = key.partition(".")
+        value = dumped[section] if not sub else dumped[section][sub]
+        digest.update(json.dumps([key, value], sort_keys=True).encode())
+    for path in stage.input_files(run):
+        digest.update(path.name.encode())
+        digest.update(bytes.fromhex(sha256_file(path)) if path.exists() else b"missing")
+    return digest.hexdigest()[:16]
 
 
 def run_key(config: Config) -> str:
@@ -87,11 +146,16 @@ def run_experiment(
     wanted = [(stage, force or index >= redo_from) for index, stage in enumerate(STAGES) if stage.name in stages]
     requested = config  # what config.yaml keeps: a later re-run decides W&B's mode afresh
     config = settle_tracking(config, run.path)  # W&B decided once, before the track stage's input hash is taken
-    uses_ray = not all(not redo and _reusable(stage, config, run) for stage, redo in wanted)
-    if uses_ray:
-        from pipeline.stages.train import connect_cluster
-
-        connect_cluster(config)  # an unreachable or too-small cluster fails here, before anything is written
+    # Each stage's input hash is taken once. Here, before anything runs, up to the first stage that must run;
+    # the stages after it read what it writes, so theirs are taken when their turn comes.
+    hashes: dict[str, str] = {}
+    work_to_do = False
+    for stage, redo in wanted:
+        hashes[stage.name] = input_hash(stage, config, run)
+        if redo or not _finished_with(stage, run, hashes[stage.name]):
+            work_to_do = True
+            connect_ray(config)  # an unreachable or too-small cluster fails here, before anything is written
+            break
     with driving(run) as run:  # a new run's directory is created here, under a name no concurrent run took
         log_to(run.path / LOG_FILE)
         _say_if_died(run)
@@ -101,18 +165,30 @@ def run_experiment(
             driver={"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
         console.print(f"run directory: {run.path}")
-        if uses_ray and config.run.address:
+        if work_to_do and config.run.address:
             from pipeline.ray.nodes import check_shared
 
             check_shared(run.path)  # workers and stage tasks on other nodes must see this directory
         for stage, redo in wanted:
+            digest = hashes.get(stage.name) or input_hash(stage, config, run)
+            if not redo and _finished_with(stage, run, digest):
+                seconds = run.read_manifest()["stages"][stage.name].get("seconds", 0)
+                console.print(f"[dim]{stage.name:<10} reused (inputs unchanged; took {seconds:.1f}s)[/dim]")
+                continue
             try:
-                _run_stage(stage, config, run, redo)
+                _run_stage(stage, config, run, digest, redo)
             except KeyboardInterrupt:
                 raise Interrupted(_interrupted_message(stage.name, run)) from None
         metrics = run.read_manifest()["metrics"]
         _print_summary(config, run, metrics)
     return metrics
+
+
+def connect_ray(config: Config) -> None:
+    """Start or join Ray (once per process) and check that it can hold the run's training workers."""
+    from pipeline.ray import cluster, trainer
+
+    cluster.connect(config.run.address, trainer.worker_plan(config))
 
 
 def _say_if_died(run: RunDir) -> None:
@@ -152,20 +228,16 @@ def _stage_index(name: str) -> int:
     return STAGE_NAMES.index(name)
 
 
-def _reusable(stage: Stage, config: Config, run: RunDir) -> bool:
-    """Whether the stage finished before with exactly these inputs."""
+def _finished_with(stage: Stage, run: RunDir, digest: str) -> bool:
+    """Whether the stage finished before with inputs of this hash."""
     if not run.manifest_path.exists():
         return False
     record = run.read_manifest().get("stages", {}).get(stage.name, {})
-    return record.get("status") == "done" and record.get("input_hash") == input_hash(stage, config, run)
+    return record.get("status") == "done" and record.get("input_hash") == digest
 
 
-def _run_stage(stage: Stage, config: Config, run: RunDir, redo: bool) -> None:
-    """Skip the stage if it finished with these exact inputs, else run it and record the outcome."""
-    record = run.read_manifest().get("stages", {}).get(stage.name, {})
-    if not redo and _reusable(stage, config, run):
-        console.print(f"[dim]{stage.name:<10} reused (inputs unchanged; took {record.get('seconds', 0):.1f}s)[/dim]")
-        return
+def _run_stage(stage: Stage, config: Config, run: RunDir, digest: str, redo: bool) -> None:
+    """Run the stage and record its outcome under its input hash."""
     if stage.name == "train" and redo:
         # A redo asked for by --force / --from must not just resume the finished checkpoints.
         archived = run.archive_training()
@@ -174,7 +246,6 @@ def _run_stage(stage: Stage, config: Config, run: RunDir, redo: bool) -> None:
     if stage.name != "train":
         console.print(f"{stage.name:<10} running…")
     started = time.perf_counter()
-    digest = input_hash(stage, config, run)
     try:
         with run.stage(stage.name, input_hash=digest) as outputs:
             result = _execute(stage, config, run)

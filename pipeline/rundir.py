@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config.yaml"
 METRICS = "metrics.jsonl"
+DIVERGED = "diverged"  # key of the metrics row written when non-finite losses stopped training
 LOCK_FILE = ".driver.lock"  # held (flock) by the process driving the run; the kernel drops it when that dies
 
 
@@ -165,7 +166,7 @@ class RunDir:
 
     def archive_training(self) -> Path | None:
         """Move checkpoints and per-epoch metrics into previous-<time>/ so training starts afresh, losing nothing."""
-        produced = [self.checkpoint_dir, self.metrics_path, self.path / "diverged.json"]
+        produced = [self.checkpoint_dir, self.metrics_path]
         if not any(path.exists() for path in produced):
             return None
         archive = self.path / f"previous-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
@@ -176,7 +177,18 @@ class RunDir:
         return archive
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Per-epoch metric rows written during training (JSON lines; a torn last line is ignored)."""
+        """The per-epoch metric rows training wrote, oldest first (a divergence mark is not an epoch)."""
+        return [row for row in self._metric_rows() if DIVERGED not in row]
+
+    def divergence(self) -> dict[str, Any] | None:
+        """The row that stopped training on non-finite losses ({"diverged": epoch, "losses": {...}}), if the
+        last training attempt ended that way; None otherwise (a resumed run that went on has epoch rows after)."""
+        rows = self._metric_rows()
+        return rows[-1] if rows and DIVERGED in rows[-1] else None
+
+    def _metric_rows(self) -> list[dict[str, Any]]:
+        # metrics.jsonl is training's one channel back to the driver: an epoch row per finished epoch, and
+        # a divergence row when non-finite losses stopped it. JSON lines; a torn last line is ignored.
         if not self.metrics_path.exists():
             return []
         rows = []

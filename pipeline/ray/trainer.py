@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,14 +10,19 @@ from ray.train import TrainingFailedError
 
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.ray.cluster import WorkerResources
+from pipeline.ray.cluster import WorkerResources, plan_resources
 from pipeline.ray.nodes import record_worker
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.tracking import NullTracker, Tracker, dataset_artifact, make_tracker
 
-# Tests set this to "epoch:step:rank" to SIGKILL one worker once and watch the run recover.
-FAULT_ENV = "AAE_INJECT_FAULT"
 PLACEMENT_GROUP_FILE = "ray/placement-group.txt"  # the workers' placement group, written by rank 0
+
+
+def worker_plan(config: Config) -> WorkerResources:
+    """What each training worker of `config` asks Ray for, and its torch threads."""
+    return plan_resources(
+        config.run.workers, config.run.gpus_per_worker, config.run.cpus_per_worker, local=not config.run.address
+    )
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -35,13 +39,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         import ray.train.torch
 
         device = ray.train.torch.get_device()
-    worker = WorkerContext(
-        rank=context.get_world_rank(),
-        world=context.get_world_size(),
-        device=device,
-        fault=loop_config.get("fault"),
-    )
-    config = Config.model_validate(loop_config["config"])
+    worker = WorkerContext(rank=context.get_world_rank(), world=context.get_world_size(), device=device)
+    config: Config = loop_config["config"]  # validated by the driver; pickled whole, not re-read from a dict
     run = RunDir(Path(loop_config["run_dir"]))
     record_worker(run, worker.rank)
     if worker.rank == 0:
@@ -51,7 +50,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float]) -> None:
         tracker.log_metrics(metrics, step=int(metrics["epoch"]))  # numbers only: images never go through Ray
-        ray.train.report(metrics)
+        if loop_config["report_to_tune"]:  # a sweep's scheduler reads these; `run` reads metrics.jsonl
+            ray.train.report(metrics)
 
     try:
         train_loop(config, run, worker, report=report)
@@ -83,11 +83,11 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "config": config.model_dump(mode="json"),
+            "config": config,
             "run_dir": str(run.path.resolve()),  # the same path on every node (a shared mount)
             "threads": plan.threads,
             "use_gpu": use_gpu,
-            "fault": _fault_from_env(run),
+            "report_to_tune": bool(callbacks),
         },
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -183,11 +183,3 @@ def worker_cause(err: BaseException) -> BaseException | None:
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0][:300]
-
-
-def _fault_from_env(run: RunDir) -> dict[str, Any] | None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    epoch, step, rank = (int(part) for part in spec.split(":"))
-    return {"epoch": epoch, "step": step, "rank": rank, "marker": str(run.path / "fault-injected.txt")}

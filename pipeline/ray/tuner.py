@@ -4,19 +4,17 @@ named after the trial (several workers). The sweep's logic (spaces, metric, resu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from pipeline.loop import DIVERGED_FILE
 from pipeline.progress import console
 from pipeline.ray import trainer
 from pipeline.ray.cluster import WorkerResources
 from pipeline.ray.nodes import record_worker
-from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text
+from pipeline.rundir import CONFIG_FILE, DIVERGED, RunDir, atomic_write_text
 from pipeline.search_space import SearchSpace, decode_params, encoded_values
 
 # A trial that only drives a TorchTrainer holds no CPU: its workers ask for theirs. Asking for even a sliver of
@@ -62,12 +60,11 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         trainer.fit(config, run, setup.plan, name=trial_id, callbacks=[TuneReportCallback()])
     else:
         _train_in_process(config, run, setup, trial_id)
-    diverged = run.path / DIVERGED_FILE
-    if diverged.exists():
+    diverged = run.divergence()
+    if diverged is not None:
         # Training stopped on NaN losses, maybe before any epoch was reported; Tune needs the metric once,
         # and a diverged trial ranks last.
-        epoch = json.loads(diverged.read_text())["epoch"]
-        tune.report({setup.metric: float("inf"), "epoch": epoch, "diverged": 1})
+        tune.report({setup.metric: float("inf"), "epoch": diverged[DIVERGED], "diverged": 1})
 
 
 def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str) -> None:

@@ -165,8 +165,8 @@ EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy, prior
 EVALUATIONS: dict[str, Evaluation] = {f.__name__: f for f in (classification, clustering, dim_reduction, style_grid)}
 
 
-def evaluate(config: Config, run: RunDir) -> dict[str, float]:
-    """Score the run's best checkpoint on the test split; writes evaluation.json and returns its metrics."""
+def evaluate(config: Config, run: RunDir) -> dict[str, Any]:
+    """Score the run's best checkpoint on the test split; writes evaluation.json and returns {"metrics": ...}."""
     test = load_eval_split(config, "test")
     trained = load_trained_model(config, run, input_dim=test.x.shape[1])
     inputs = Inputs(config, trained.model, test)
@@ -183,7 +183,7 @@ def evaluate(config: Config, run: RunDir) -> dict[str, float]:
         "seconds": seconds,
     }
     atomic_write_text(run.path / EVALUATION_FILE, json.dumps(payload, indent=2) + "\n")
-    return outcome.metrics
+    return {"metrics": outcome.metrics}
 
 
 def read_evaluation(run: RunDir) -> dict[str, Any] | None:

@@ -10,10 +10,12 @@ from pipeline.config import Config
 from pipeline.data import image_shape, load_label_split, load_split, prepare_dataset
 from pipeline.data.labels import balanced_subset
 from pipeline.errors import UserError
+from pipeline.rundir import RunDir
 
 
-def prepare(config: Config) -> dict[str, Any]:
-    """Prepare the dataset if needed and record the labelled split; returns where it lives."""
+def prepare(config: Config, run: RunDir) -> dict[str, Any]:
+    """Prepare the dataset if needed and record the labelled split; returns where it lives. The dataset is
+    shared by every run, so nothing lands in the run directory (the manifest records the outputs)."""
     data_dir = Path(config.data.data_dir) if config.data.data_dir else None
     dataset_dir = prepare_dataset(config.data.dataset, data_dir)
     _check_input_size(config, image_shape(config.data.dataset, data_dir))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aae.optim import PHASES
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.loop import DIVERGED_FILE, optim_config
+from pipeline.loop import optim_config
 from pipeline.progress import EpochPrinter, console
-from pipeline.ray import cluster, nodes, trainer
-from pipeline.rundir import RunDir
+from pipeline.ray import nodes, trainer
+from pipeline.rundir import DIVERGED, RunDir
 
 
 def divergence_advice(config: Config, phases: set[str]) -> str:
@@ -31,22 +30,10 @@ def divergence_advice(config: Config, phases: set[str]) -> str:
     return adversarial
 
 
-def worker_plan(config: Config) -> cluster.WorkerResources:
-    """What each training worker asks Ray for."""
-    return cluster.plan_resources(
-        config.run.workers, config.run.gpus_per_worker, config.run.cpus_per_worker, local=not config.run.address
-    )
-
-
-def connect_cluster(config: Config) -> None:
-    """Start or join Ray and check that it can hold the run's workers."""
-    cluster.connect(config.run.address, worker_plan(config))
-
-
 def train(config: Config, run: RunDir) -> dict[str, Any]:
-    """Train on `config.run.workers` Ray workers; returns the last epoch's metrics and the checkpoint."""
-    plan = worker_plan(config)
-    cluster.connect(config.run.address, plan)
+    """Train on `config.run.workers` Ray workers (Ray is already connected); returns the last epoch's metrics
+    and the checkpoint."""
+    plan = trainer.worker_plan(config)
     per_worker = config.train.batch_size // config.run.workers
     optim = optim_config(config)
     rates = ", ".join(f"{phase} {optim.lr(phase):g}" for phase in PHASES)
@@ -71,12 +58,11 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
         console.print(f"[bold yellow]{warning}[/bold yellow]")
     best = run.best_checkpoint
     outputs = {"metrics": final, "checkpoint": str(best), "epochs": len(rows), "workers": nodes.worker_records(run)}
-    diverged = run.path / DIVERGED_FILE
-    if diverged.exists():
-        record = json.loads(diverged.read_text())
-        epoch = outputs["diverged_at_epoch"] = record["epoch"]
+    diverged = run.divergence()
+    if diverged is not None:
+        epoch = outputs["diverged_at_epoch"] = diverged[DIVERGED]
         # The losses the model reported name its phases, e.g. train/supervised_loss.
-        phases = {key.removeprefix("train/").removesuffix("_loss") for key in record["losses"]}
+        phases = {key.removeprefix("train/").removesuffix("_loss") for key in diverged["losses"]}
         advice = divergence_advice(config, phases)
         if not best.exists():
             raise UserError(

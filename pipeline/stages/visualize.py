@@ -177,8 +177,8 @@ FIGURES: dict[str, FigureFn] = {f.__name__: f for f in (codes, prior_grid, style
                                                         samples, curves)}
 
 
-def visualize(config: Config, run: RunDir) -> dict[str, str]:
-    """Draw the variant's figures from the best checkpoint; returns figure name → PNG path within the run."""
+def visualize(config: Config, run: RunDir) -> dict[str, dict[str, str]]:
+    """Draw the variant's figures from the best checkpoint; returns {"figures": name → PNG path within the run}."""
     test = load_eval_split(config, "test")
     model = load_trained_model(config, run, input_dim=test.x.shape[1]).model
     canvas = Canvas(config, run, model, test)
@@ -193,7 +193,7 @@ def visualize(config: Config, run: RunDir) -> dict[str, str]:
         fig.savefig(buffer, format="png", dpi=110)
         atomic_write_bytes(run.path / relative, buffer.getvalue())
         written[draw.__name__] = relative
-    return written
+    return {"figures": written}
 
 
 # --- drawing helpers ----------------------------------------------------------------------------------

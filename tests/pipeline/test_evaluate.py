@@ -40,7 +40,7 @@ def semisup_run(synthetic_dataset, tmp_path_factory) -> tuple[Config, RunDir]:
 
 def test_semisup_test_error_is_the_error_of_classify_on_the_test_split(semisup_run) -> None:
     config, run = semisup_run
-    returned = evaluate(config, run)
+    returned = evaluate(config, run)["metrics"]
     written = json.loads((run.path / "evaluation.json").read_text())
     assert written["metrics"] == returned
     # Recount by hand from the best checkpoint's q(y|x) on every test image.
@@ -58,7 +58,7 @@ def test_semisup_test_error_is_the_error_of_classify_on_the_test_split(semisup_r
 
 def test_the_test_set_reports_categories_used_and_style_spread(semisup_run) -> None:
     config, run = semisup_run
-    metrics = evaluate(config, run)
+    metrics = evaluate(config, run)["metrics"]
     test = load_eval_split(config, "test")
     model = load_trained_model(config, run, test.x.shape[1]).model
     shares = np.bincount(model.classify(test.x).argmax(1).numpy(), minlength=10) / len(test.y)
@@ -68,7 +68,7 @@ def test_the_test_set_reports_categories_used_and_style_spread(semisup_run) -> N
 
 
 def test_every_model_gets_reconstruction_and_a_finite_parzen_likelihood(semisup_run) -> None:
-    metrics = evaluate(*semisup_run)
+    metrics = evaluate(*semisup_run)["metrics"]
     assert 0 < metrics["test/recon_mse"] < 1
     assert metrics["test/recon_bce"] > 0
     assert math.isfinite(metrics["test/parzen_ll"])
@@ -78,7 +78,7 @@ def test_every_model_gets_reconstruction_and_a_finite_parzen_likelihood(semisup_
 
 def test_clustering_run_gets_cluster_metrics_in_range(synthetic_dataset, tmp_path) -> None:
     config, run = trained_run(synthetic_dataset, tmp_path / "cluster", "cluster16")
-    metrics = evaluate(config, run)
+    metrics = evaluate(config, run)["metrics"]
     assert "test/error" not in metrics  # clusters are not classes
     for key in ("test/cluster_error", "test/cluster_error_majority"):
         assert 0 <= metrics[key] <= 100
@@ -95,7 +95,7 @@ def test_dim_reduction_error_is_classification_with_labels_and_cluster_error_wit
     synthetic_dataset, tmp_path, experiment: str, extra: tuple[str, ...], same_as: str
 ) -> None:
     config, run = trained_run(synthetic_dataset, tmp_path / experiment, experiment, *extra)
-    metrics = evaluate(config, run)
+    metrics = evaluate(config, run)["metrics"]
     assert metrics["test/dimred_error"] == metrics[same_as]
     assert ("test/nmi" in metrics) == (same_as == "test/cluster_error")
 
@@ -154,7 +154,7 @@ def test_every_2d_prior_model_reports_how_its_test_codes_fit_the_prior(
 ) -> None:
     name, *extra = experiment.split(" --set ")
     config, run = trained_run(synthetic_dataset, tmp_path / name, name, *extra)
-    metrics = evaluate(config, run)
+    metrics = evaluate(config, run)["metrics"]
     assert keys <= set(metrics)
     for key in keys - {"test/components_used", "test/code_mean_error", "test/code_cov_error"}:
         assert 0 <= metrics[key] <= 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -70,8 +69,10 @@ def test_gpu_options_amp_and_data_on_device_run_their_device_independent_path(sy
 
 def test_diverging_run_stops_instead_of_training_on_nan(synthetic_dataset, tmp_path) -> None:
     rows = _train(synthetic_dataset, tmp_path / "run", "train.epochs=4", "train.lr.reconstruction=1e12")
-    assert rows == []  # the NaN epoch is neither logged nor checkpointed, and no further epochs ran
-    assert json.loads((tmp_path / "run" / "diverged.json").read_text())["epoch"] == 1
+    assert rows == []  # the NaN epoch is neither logged as an epoch nor checkpointed, and no further epochs ran
+    diverged = RunDir(tmp_path / "run").divergence()
+    assert diverged is not None and diverged["diverged"] == 1
+    assert not all(math.isfinite(value) for value in diverged["losses"].values())
     assert list((tmp_path / "run" / "checkpoints").glob("*.pt")) == []
 
 

@@ -21,6 +21,7 @@ from pipeline.data.idx import read_idx, read_idx_dir
 from pipeline.data.labels import balanced_subset
 from pipeline.errors import UserError
 from pipeline.loop import load_training_data
+from pipeline.rundir import RunDir
 from pipeline.stages.prepare import prepare
 from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import run_cli
@@ -75,11 +76,11 @@ def test_impossible_label_counts_are_refused_by_the_config(overrides: list[str],
 
 
 @pytest.mark.parametrize("limit", [None, 500])
-def test_fewer_labels_than_idx_classes_is_refused_when_the_data_is_loaded(synthetic_dataset, limit) -> None:
+def test_fewer_labels_than_idx_classes_is_refused_when_the_data_is_loaded(synthetic_dataset, limit, tmp_path) -> None:
     extra = ["data.labels=7"] + ([f"data.limit={limit}"] if limit else [])
     config = load_config("semisup", tiny_overrides(synthetic_dataset, *extra))  # idx: classes not known yet
     with pytest.raises(UserError, match="10 classes: a balanced subset needs at least one per class"):
-        prepare(config)
+        prepare(config, RunDir(tmp_path))
 
 
 def test_a_limit_draws_labels_by_the_same_rules_as_the_prepared_split(synthetic_dataset) -> None:
@@ -120,13 +121,13 @@ def test_data_prepare_finds_silent_corruption_and_does_not_rebuild_it(own_datase
     assert train.read_bytes() == damaged  # reported, not silently replaced
 
 
-def test_the_run_prepare_stage_finds_silent_corruption(own_dataset) -> None:
+def test_the_run_prepare_stage_finds_silent_corruption(own_dataset, tmp_path) -> None:
     name, data_dir = own_dataset
     load_split(name, "train", data_dir=data_dir)  # cached in this process too
     corrupt_in_place(prepare_dataset(name, data_dir=data_dir) / "train.parquet")
     config = load_config("semisup", [f"data.dataset={name}", f"data.data_dir={data_dir}", "data.labels=all"])
     with pytest.raises(UserError, match="train.parquet does not match its checksum"):
-        prepare(config)
+        prepare(config, RunDir(tmp_path))
 
 
 # --- 3. OS errors while preparing, odd config files ---------------------------------------------------

@@ -11,7 +11,6 @@ from pipeline import run as run_module
 from pipeline.config import load_config
 from pipeline.errors import StageError
 from pipeline.rundir import RunDir
-from pipeline.stages import STAGES, Stage
 
 
 @pytest.fixture
@@ -32,10 +31,11 @@ def chain(monkeypatch, tmp_path):
         return stage_fn
 
     stubbed = tuple(
-        Stage(s.name, make(s.name), s.config_keys, s.input_files, as_task=False) for s in STAGES
+        run_module.Stage(s.name, make(s.name), s.config_keys, s.input_files, as_task=False)
+        for s in run_module.STAGES
     )
     monkeypatch.setattr(run_module, "STAGES", stubbed)
-    monkeypatch.setattr("pipeline.stages.train.connect_cluster", lambda config: None)
+    monkeypatch.setattr(run_module, "connect_ray", lambda config: None)
     config = load_config("semisup", ["tracking.wandb=disabled"])
     return config, RunDir(tmp_path / "run"), calls
 
@@ -67,8 +67,10 @@ def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain, monkeypatch
     def broken(config, run):
         raise RuntimeError("figure backend exploded")
 
-    stages = tuple(s if s.name != "visualize" else Stage("visualize", broken, s.config_keys, s.input_files, False)
-                   for s in run_module.STAGES)
+    stages = tuple(
+        s if s.name != "visualize" else run_module.Stage("visualize", broken, s.config_keys, s.input_files, False)
+        for s in run_module.STAGES
+    )
     monkeypatch.setattr(run_module, "STAGES", stages)
     with pytest.raises(StageError, match="stage 'visualize' failed.*figure backend exploded"):
         run_module.run_experiment(config, run)

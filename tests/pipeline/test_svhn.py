@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.data import image_shape, load_label_split, load_split, prepare_dataset
 from pipeline.errors import UserError
 from pipeline.report import print_report
+from pipeline.rundir import RunDir
 from pipeline.stages.prepare import prepare
 from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import run_cli
@@ -124,10 +125,10 @@ def test_a_missing_svhn_dir_is_one_line_through_the_real_cli(tmp_path) -> None:
     assert "SVHN directory" in result.stderr and "does not exist" in result.stderr
 
 
-def test_the_svhn_experiment_refuses_grey_28x28_data_at_prepare(synthetic_dataset) -> None:
+def test_the_svhn_experiment_refuses_grey_28x28_data_at_prepare(synthetic_dataset, tmp_path) -> None:
     config = load_config("semisup-svhn", tiny_overrides(synthetic_dataset, "data.labels=100"))
     with pytest.raises(UserError, match="take 3072-value images .* has 28x28 images"):
-        prepare(config)
+        prepare(config, RunDir(tmp_path))
 
 
 def test_the_svhn_experiment_is_listed_and_knows_svhns_size() -> None:

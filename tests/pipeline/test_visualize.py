@@ -54,7 +54,7 @@ def checkpointed_run(dataset: dict[str, str], directory, experiment: str, *extra
 @pytest.mark.parametrize("experiment", sorted(EXPECTED))
 def test_each_variant_gets_its_figures_as_valid_pngs(synthetic_dataset, tmp_path, experiment: str) -> None:
     config, run = checkpointed_run(synthetic_dataset, tmp_path / "run", experiment)
-    figures = visualize(config, run)
+    figures = visualize(config, run)["figures"]
     assert set(figures) == EXPECTED[experiment]
     for name, relative in figures.items():
         path = run.path / relative
@@ -68,7 +68,7 @@ def test_each_variant_gets_its_figures_as_valid_pngs(synthetic_dataset, tmp_path
 
 def test_prior_grid_is_skipped_for_codes_that_are_not_2d(synthetic_dataset, tmp_path) -> None:
     config, run = checkpointed_run(synthetic_dataset, tmp_path / "run", "unsup-gaussian", "model.params.z_dim=8")
-    figures = visualize(config, run)
+    figures = visualize(config, run)["figures"]
     assert "prior_grid" not in figures
     assert "codes" in figures  # 8-D codes are still drawn, projected
 
@@ -76,7 +76,7 @@ def test_prior_grid_is_skipped_for_codes_that_are_not_2d(synthetic_dataset, tmp_
 def test_training_curves_are_skipped_without_metrics(synthetic_dataset, tmp_path) -> None:
     config, run = checkpointed_run(synthetic_dataset, tmp_path / "run", "unsup-gaussian")
     run.metrics_path.unlink()
-    assert "curves" not in visualize(config, run)
+    assert "curves" not in visualize(config, run)["figures"]
 
 
 def test_a_run_without_checkpoint_is_a_user_error(synthetic_dataset, tmp_path) -> None:
