@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,27 +20,20 @@ DEFAULT_LR = {
     "adam": {"reconstruction": 3e-4, "discriminator": 1e-4, "generator": 1e-4, "supervised": 3e-4},
 }
 DEFAULT_MOMENTUM = {"reconstruction": 0.9, "discriminator": 0.1, "generator": 0.1, "supervised": 0.9}
-_PREFIX = {"reconstruction": "recon", "discriminator": "disc", "generator": "gen", "supervised": "supervised"}
 
 
 @dataclass
 class OptimConfig:
     """Learning rate and momentum per training phase, the step decay, and the optimiser kind.
 
-    A rate or momentum left at None takes the default for `kind` (the paper's SGD recipe for "sgd").
-    Momenta are ignored by Adam, which uses `adam_betas`. Every rate is multiplied by `decay_factor`
-    once each epoch in `decay_epochs` has been completed.
+    `lr` and `momentum` map phases (from PHASES) to values; a phase left out, or mapped to None, takes the
+    default for `kind` (the paper's SGD recipe for "sgd"). Momenta are ignored by Adam, which uses
+    `adam_betas`. Every rate is multiplied by `decay_factor` once each epoch in `decay_epochs` has been completed.
     """
 
     kind: str = "sgd"
-    recon_lr: float | None = None
-    recon_momentum: float | None = None
-    disc_lr: float | None = None
-    disc_momentum: float | None = None
-    gen_lr: float | None = None
-    gen_momentum: float | None = None
-    supervised_lr: float | None = None
-    supervised_momentum: float | None = None
+    lr: dict[str, float] = field(default_factory=dict)  # phase -> initial learning rate
+    momentum: dict[str, float] = field(default_factory=dict)  # phase -> SGD momentum
     decay_epochs: tuple[int, ...] = (50, 1000)
     decay_factor: float = 0.1
     adam_betas: tuple[float, float] = (0.5, 0.999)
@@ -49,36 +44,57 @@ class OptimConfig:
             raise ValueError(f"optimiser kind {self.kind!r} is not one of {sorted(DEFAULT_LR)}")
         self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
-        for phase, prefix in _PREFIX.items():
-            if getattr(self, f"{prefix}_lr") is None:
-                setattr(self, f"{prefix}_lr", DEFAULT_LR[self.kind][phase])
-            if getattr(self, f"{prefix}_momentum") is None:
-                setattr(self, f"{prefix}_momentum", DEFAULT_MOMENTUM[phase])
-            if getattr(self, f"{prefix}_lr") <= 0:
-                raise ValueError(f"{prefix}_lr must be positive")
+        self.lr = _every_phase("lr", self.lr, DEFAULT_LR[self.kind])
+        self.momentum = _every_phase("momentum", self.momentum, DEFAULT_MOMENTUM)
+        for phase, rate in self.lr.items():
+            if rate <= 0:
+                raise ValueError(f"lr[{phase!r}] must be positive, got {rate}")
         if not 0 < self.decay_factor <= 1:
             raise ValueError("decay_factor must be in (0, 1]")
+        _check_phases("clip_grad_norm", self.clip_grad_norm)
         self.clip_grad_norm = {phase: float(norm) for phase, norm in self.clip_grad_norm.items() if norm is not None}
         for phase, norm in self.clip_grad_norm.items():
-            if phase not in PHASES or norm <= 0:
-                raise ValueError(f"clip_grad_norm needs phases from {PHASES} and positive norms, got {phase}={norm}")
+            if norm <= 0:
+                raise ValueError(f"clip_grad_norm needs positive norms, got {phase}={norm}")
 
-    def lr(self, phase: str) -> float:
-        """The initial learning rate of `phase`."""
-        return getattr(self, f"{_PREFIX[phase]}_lr")
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> OptimConfig:
+        """The config that asdict() saved in a checkpoint, this release's or the previous one's.
 
-    def momentum(self, phase: str) -> float:
-        """The SGD momentum of `phase`."""
-        return getattr(self, f"{_PREFIX[phase]}_momentum")
+        The previous release had one flat field per phase and setting (recon_lr, disc_momentum, ...) where
+        this one has the `lr` and `momentum` dicts; its checkpoints must still resume, so those keys are
+        folded into the dicts here.
+        """
+        prefixes = {"reconstruction": "recon", "discriminator": "disc", "generator": "gen", "supervised": "supervised"}
+        flat = {f"{prefix}_{setting}": (setting, phase)
+                for phase, prefix in prefixes.items() for setting in ("lr", "momentum")}
+        fields = {key: value for key, value in state.items() if key not in flat}
+        for key, (setting, phase) in flat.items():
+            if key in state:
+                fields[setting] = {**fields.get(setting, {}), phase: state[key]}
+        return cls(**fields)
+
+
+def _check_phases(name: str, per_phase: Mapping[str, float | None]) -> None:
+    """Reject a per-phase setting that names a phase no model trains (a typo would otherwise be ignored)."""
+    unknown = sorted(set(per_phase) - set(PHASES))
+    if unknown:
+        raise ValueError(f"{name} names unknown phases {unknown}; the phases are {PHASES}")
+
+
+def _every_phase(name: str, given: Mapping[str, float | None], defaults: Mapping[str, float]) -> dict[str, float]:
+    """`given` for every phase in PHASES, a phase that is missing or None taking its value from `defaults`."""
+    _check_phases(name, given)
+    return {phase: float(defaults[phase] if given.get(phase) is None else given[phase]) for phase in PHASES}
 
 
 def build_optimizer(params: list[nn.Parameter], config: OptimConfig, phase: str
                     ) -> tuple[Optimizer, LRScheduler]:
     """An optimiser for one phase's parameters and its step-decay schedule (stepped once per epoch)."""
     if config.kind == "sgd":
-        optimizer: Optimizer = torch.optim.SGD(params, lr=config.lr(phase), momentum=config.momentum(phase))
+        optimizer: Optimizer = torch.optim.SGD(params, lr=config.lr[phase], momentum=config.momentum[phase])
     else:
-        optimizer = torch.optim.Adam(params, lr=config.lr(phase), betas=config.adam_betas)
+        optimizer = torch.optim.Adam(params, lr=config.lr[phase], betas=config.adam_betas)
     # Read by aae.phases.optimizer_step; an attribute rather than a param-group entry, so a checkpoint's
     # optimiser state (restored after the optimisers are rebuilt from this config) cannot drop it.
     optimizer.clip_grad_norm = config.clip_grad_norm.get(phase)  # type: ignore[attr-defined]

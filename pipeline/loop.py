@@ -95,21 +95,15 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 
 
 def optim_config(config: Config) -> OptimConfig:
-    """The aae optimiser settings from the run config's train section."""
+    """The aae optimiser settings from the run config's train section (a phase left null takes its default)."""
     train = config.train
     return OptimConfig(
         kind=train.optimizer,
-        recon_lr=train.lr.reconstruction,
-        recon_momentum=train.momentum.reconstruction,
-        disc_lr=train.lr.discriminator,
-        disc_momentum=train.momentum.discriminator,
-        gen_lr=train.lr.generator,
-        gen_momentum=train.momentum.generator,
-        supervised_lr=train.lr.supervised,
-        supervised_momentum=train.momentum.supervised,
+        lr=train.lr.model_dump(exclude_none=True),
+        momentum=train.momentum.model_dump(exclude_none=True),
+        clip_grad_norm=train.clip_grad_norm.model_dump(exclude_none=True),
         decay_epochs=tuple(train.decay_epochs),
         decay_factor=train.decay_factor,
-        clip_grad_norm=train.clip_grad_norm.model_dump(exclude_none=True),
     )
 
 

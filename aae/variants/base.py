@@ -193,7 +193,7 @@ class AAEModel(nn.Module):
         """Restore a training_state(); optimisers are rebuilt from the saved OptimConfig first."""
         self.load_state_dict(state["model"])
         if state["optim_config"] is not None:
-            self.configure_optimizers(OptimConfig(**state["optim_config"]))
+            self.configure_optimizers(OptimConfig.from_state(state["optim_config"]))
             for phase, opt_state in state["optimizers"].items():
                 self.optimizers[phase].load_state_dict(opt_state)
             for phase, sched_state in state["schedulers"].items():

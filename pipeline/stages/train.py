@@ -16,12 +16,12 @@ from pipeline.rundir import DIVERGED, RunDir
 def divergence_advice(config: Config, phases: set[str]) -> str:
     """The overrides worth trying after NaN losses in `phases`, computed from the rates this run used."""
     optim = optim_config(config)
-    adversarial = " ".join(f"--set train.lr.{phase}={optim.lr(phase) / 10:g}"
+    adversarial = " ".join(f"--set train.lr.{phase}={optim.lr[phase] / 10:g}"
                            for phase in ("generator", "discriminator"))
     if "supervised" in phases and config.data.labels != "all":
         # The few labelled examples come round again every step or two, and the paper's supervised rate
         # (0.1, momentum 0.9) overshoots on them: semisup with 100 labels diverges in its first epoch.
-        return f"--set train.lr.supervised={optim.lr('supervised') / 10:g} (few labels), or {adversarial}"
+        return f"--set train.lr.supervised={optim.lr['supervised'] / 10:g} (few labels), or {adversarial}"
     unclipped = [phase for phase in ("reconstruction", "discriminator", "generator")
                  if phase not in optim.clip_grad_norm]
     if unclipped:  # clipping kept the paper's adversarial rates finite for dimred-2d-unsup (fidelity.md)
@@ -36,7 +36,7 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     plan = trainer.worker_plan(config)
     per_worker = config.train.batch_size // config.run.workers
     optim = optim_config(config)
-    rates = ", ".join(f"{phase} {optim.lr(phase):g}" for phase in PHASES)
+    rates = ", ".join(f"{phase} {optim.lr[phase]:g}" for phase in PHASES)
     console.print(
         f"training {config.experiment} on {plan.workers} worker(s) x {plan.threads} thread(s)"
         f"{(' + GPU, CUDA graphs' if config.run.cuda_graphs else ' + GPU') if plan.gpus else ''}: "

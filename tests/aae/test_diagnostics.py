@@ -45,11 +45,13 @@ def test_degeneracy_signs(used, categories, ratio, expected) -> None:
 
 def test_a_clipped_phase_never_steps_further_than_lr_times_the_norm() -> None:
     weight = torch.nn.Parameter(torch.zeros(100))
-    config = OptimConfig(recon_lr=0.1, recon_momentum=0.0, clip_grad_norm={"reconstruction": 1.0})
+    config = OptimConfig(lr={"reconstruction": 0.1}, momentum={"reconstruction": 0.0},
+                         clip_grad_norm={"reconstruction": 1.0})
     optimizer, _ = build_optimizer([weight], config, "reconstruction")
     optimizer_step((1e6 * weight.sum() + 1e6), optimizer)  # gradient norm 1e7
     assert weight.detach().norm().item() == pytest.approx(0.1, rel=1e-4)
-    unclipped, _ = build_optimizer([weight], OptimConfig(recon_lr=0.1, recon_momentum=0.0), "reconstruction")
+    unclipped, _ = build_optimizer([weight], OptimConfig(lr={"reconstruction": 0.1}, momentum={"reconstruction": 0.0}),
+                                   "reconstruction")
     optimizer_step(1e6 * weight.sum(), unclipped)
     assert weight.detach().norm().item() > 1e5
 

@@ -31,7 +31,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Critic]]:
 def small(name: str, **params: object):
     model = build_model(name, {"input_dim": 12, "hidden": (16,), "disc_hidden": (16,), **params})
     # Encoder rates ~0 so the codes the phases saw can be recomputed after the step.
-    model.configure_optimizers(OptimConfig(recon_lr=1e-12, gen_lr=1e-12, supervised_lr=1e-12))
+    model.configure_optimizers(OptimConfig(lr=dict.fromkeys(("reconstruction", "generator", "supervised"), 1e-12)))
     return model
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
-from aae.optim import PHASES, OptimConfig, build_optimizer
+from aae.optim import DEFAULT_MOMENTUM, PHASES, OptimConfig, build_optimizer
 from aae.variants import build_model
 
 
 def test_defaults_are_the_papers_sgd_recipe() -> None:
     c = OptimConfig()
-    assert (c.recon_lr, c.recon_momentum) == (0.01, 0.9)
-    assert (c.disc_lr, c.disc_momentum, c.gen_lr, c.gen_momentum) == (0.1, 0.1, 0.1, 0.1)
-    assert (c.supervised_lr, c.supervised_momentum) == (0.1, 0.9)
+    assert (c.lr["reconstruction"], c.momentum["reconstruction"]) == (0.01, 0.9)
+    assert (c.lr["discriminator"], c.momentum["discriminator"], c.lr["generator"], c.momentum["generator"]) == (
+        0.1, 0.1, 0.1, 0.1)
+    assert (c.lr["supervised"], c.momentum["supervised"]) == (0.1, 0.9)
     assert c.decay_epochs == (50, 1000) and c.decay_factor == 0.1
 
 
@@ -45,11 +48,33 @@ def test_adam_option_uses_its_own_rates_and_betas() -> None:
     opt, _ = build_optimizer([torch.nn.Parameter(torch.zeros(1))], c, "discriminator")
     assert isinstance(opt, torch.optim.Adam)
     assert opt.param_groups[0]["lr"] == 1e-4 and opt.param_groups[0]["betas"] == (0.5, 0.999)
-    assert OptimConfig(kind="adam", recon_lr=0.5).recon_lr == 0.5
+    assert OptimConfig(kind="adam", lr={"reconstruction": 0.5}).lr["reconstruction"] == 0.5
 
 
 def test_bad_optimiser_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="kind"):
         OptimConfig(kind="rmsprop")
     with pytest.raises(ValueError, match="positive"):
-        OptimConfig(gen_lr=0.0)
+        OptimConfig(lr={"generator": 0.0})
+    with pytest.raises(ValueError, match=r"lr names unknown phases \['gen'\]"):
+        OptimConfig(lr={"gen": 0.1})
+    with pytest.raises(ValueError, match=r"momentum names unknown phases \['decoder'\]"):
+        OptimConfig(momentum={"decoder": 0.5})
+
+
+def test_a_phase_left_out_or_none_takes_the_default_of_the_kind() -> None:
+    c = OptimConfig(kind="adam", lr={"generator": 0.2, "supervised": None}, momentum={"discriminator": 0.5})
+    assert c.lr == {"reconstruction": 3e-4, "discriminator": 1e-4, "generator": 0.2, "supervised": 3e-4}
+    assert c.momentum == {**DEFAULT_MOMENTUM, "discriminator": 0.5}
+
+
+def test_from_state_reads_this_release_and_the_previous_releases_flat_fields() -> None:
+    c = OptimConfig(lr={"reconstruction": 0.003}, momentum={"generator": 0.5}, decay_epochs=(2,),
+                    clip_grad_norm={"generator": 5.0})
+    assert OptimConfig.from_state(asdict(c)) == c
+    old = {  # asdict() of the previous release's OptimConfig, as its checkpoints hold it
+        "kind": "sgd", "recon_lr": 0.003, "recon_momentum": 0.9, "disc_lr": 0.1, "disc_momentum": 0.1,
+        "gen_lr": 0.1, "gen_momentum": 0.5, "supervised_lr": 0.1, "supervised_momentum": 0.9,
+        "decay_epochs": (2,), "decay_factor": 0.1, "adam_betas": (0.5, 0.999), "clip_grad_norm": {"generator": 5.0},
+    }
+    assert OptimConfig.from_state(old) == c
