@@ -103,7 +103,9 @@ class EpochPrinter(threading.Thread):
             return
         self._offset += len(complete) + 1
         for line in complete.splitlines():
-            console.print(format_epoch(json.loads(line), self.total_epochs))
+            row = json.loads(line)
+            if "epoch" in row:  # not the divergence mark, which the train stage reports itself
+                console.print(format_epoch(row, self.total_epochs))
 
 
 def summary_table(title: str, metrics: dict[str, float]) -> Table:

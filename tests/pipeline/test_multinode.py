@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline.test_robustness_ray import RAY, _end_group, free_port
-from tests.pipeline.test_run_cli import epochs_logged, sets
+from tests.pipeline.test_run_cli import cli_command, cli_env, epochs_logged, sets
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,8 @@ class Cluster:
         assert result.returncode == 0, result.stderr[-2000:]
         return {node: names[0] for node, names in json.loads(result.stdout.splitlines()[-1]).items() if names}
 
-    def cli(self, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env={**self.env, **env},
+    def cli(self, *args: str, cwd: Path, fault: str | None = None, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cli_command(*args, fault=fault), cwd=cwd, env=cli_env({**self.env, **env}),
                               capture_output=True, text=True, timeout=600)
 
 
@@ -118,7 +118,7 @@ def test_a_killed_worker_group_resumes_from_the_last_checkpoint_on_both_nodes(
     # SIGKILL rank 1 at step 2 of the second epoch: Ray Train restarts both workers from epoch 1's checkpoint.
     result = cluster.cli("run", "semisup", "--workers", "2", "--epochs", "3", "--address", cluster.address,
                          "--run-dir", str(run_dir), *sets(synthetic_dataset, "tracking.wandb=disabled"),
-                         cwd=tmp_path, AAE_INJECT_FAULT="1:2:1")
+                         cwd=tmp_path, fault="1:2:1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "fault-injected.txt").exists()
     assert epochs_logged(run_dir) == [1, 2, 3]  # epoch 1 not redone

@@ -15,13 +15,29 @@ from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import RunDir
 from tests.conftest import tiny_overrides
 
+REPO = Path(__file__).resolve().parents[2]
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+
+def cli_command(*args: str, fault: str | None = None) -> list[str]:
+    """The command line of `aae-pipeline ARGS`; with fault="EPOCH:STEP:RANK", one training worker is killed
+    there once (tests/faults.py)."""
+    return [sys.executable, "-m", "pipeline.cli", *args] if fault is None else \
+        [sys.executable, "-m", "tests.faults", fault, *args]
+
+
+def cli_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` plus this checkout on PYTHONPATH, so that `-m tests.faults` resolves from any working directory."""
+    paths = [str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, fault: str | None = None
+            ) -> subprocess.CompletedProcess:
     """Run `aae-pipeline ARGS` in a fresh interpreter, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        cli_command(*args, fault=fault),
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env=cli_env({**os.environ, **(env or {})}),
         capture_output=True,
         text=True,
         timeout=600,
@@ -71,7 +87,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(synthetic_dataset, 
     # SIGKILL rank 1 at step 2 of the second epoch; Ray restarts the group from the epoch-1 checkpoint.
     result = run_cli(
         "run", "semisup", "--workers", "2", "--epochs", "3", "--run-dir", str(run_dir), *sets(synthetic_dataset),
-        cwd=tmp_path, env={"AAE_INJECT_FAULT": "1:2:1"},
+        cwd=tmp_path, fault="1:2:1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "fault-injected.txt").exists()
