@@ -57,13 +57,17 @@ class ModelConfig(Strict):
         return variant_class(self.variant).config_class(**self.params)
 
 
-class PhaseRates(Strict):
-    """Learning rate per phase; null takes the optimiser's default (SGD: the paper's 0.01 / 0.1 / 0.1 / 0.1)."""
+class PositivePerPhase(Strict):
+    """A positive number, or null, for each training phase (aae.optim.PHASES); a subclass says what it is."""
 
     reconstruction: float | None = Field(None, gt=0)
     discriminator: float | None = Field(None, gt=0)
     generator: float | None = Field(None, gt=0)
     supervised: float | None = Field(None, gt=0)
+
+
+class PhaseRates(PositivePerPhase):
+    """Learning rate per phase; null takes the optimiser's default (SGD: the paper's 0.01 / 0.1 / 0.1 / 0.1)."""
 
 
 class PhaseMomenta(Strict):
@@ -75,13 +79,8 @@ class PhaseMomenta(Strict):
     supervised: float | None = Field(None, ge=0, lt=1)
 
 
-class PhaseClips(Strict):
+class PhaseClips(PositivePerPhase):
     """Largest gradient norm per phase (null: no clipping), applied after the workers' gradients are averaged."""
-
-    reconstruction: float | None = Field(None, gt=0)
-    discriminator: float | None = Field(None, gt=0)
-    generator: float | None = Field(None, gt=0)
-    supervised: float | None = Field(None, gt=0)
 
 
 class TrainConfig(Strict):

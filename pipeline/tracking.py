@@ -48,7 +48,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipeline.progress import console
@@ -64,11 +64,15 @@ PROBE_SECONDS = 5.0  # how long the driver waits for the W&B host before trackin
 INIT_SECONDS = 20.0  # wandb.init's own limit online (its default, 90 s, is paid by every failing run)
 
 
-class Tracker(Protocol):
-    """What the pipeline logs: per-epoch metrics, a summary, images, tables and artifacts with lineage."""
+class Tracker:
+    """What the pipeline logs: per-epoch metrics, a summary, images, tables and artifacts with lineage.
+
+    The interface, whose every call does nothing here: an implementation (WandbTracker) subclasses it and
+    overrides each call with the same signature, and NullTracker is it as it stands.
+    """
 
     mode: str  # "online", "offline" or "disabled"
-    error: str | None  # why tracking stopped early, if it did
+    error: str | None = None  # why tracking stopped early, if it did
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Stream one row of metrics (e.g. one epoch), names like `train/recon_loss`, `val/error`."""
@@ -94,34 +98,10 @@ class Tracker(Protocol):
         """Flush and close."""
 
 
-class NullTracker:
+class NullTracker(Tracker):
     """Tracking switched off (`--wandb disabled`) or unavailable: every call does nothing."""
 
     mode = "disabled"
-    error = None
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Do nothing."""
-
-    def log_summary(self, metrics: dict[str, float]) -> None:
-        """Do nothing."""
-
-    def log_images(self, images: dict[str, Path]) -> None:
-        """Do nothing."""
-
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
-        """Do nothing."""
-
-    def log_artifact(
-        self, name: str, kind: str, paths: list[Path], uses: list[str] | None = None, metadata: dict | None = None
-    ) -> None:
-        """Do nothing."""
-
-    def use_artifact(self, name: str, kind: str, paths: list[Path], metadata: dict | None = None) -> None:
-        """Do nothing."""
-
-    def finish(self) -> None:
-        """Do nothing."""
 
 
 def has_wandb_credentials() -> bool:
@@ -236,7 +216,7 @@ def make_tracker(
     )
 
 
-class WandbTracker:
+class WandbTracker(Tracker):
     """A Tracker that writes one W&B run; the first error from wandb turns it into a no-op, with one warning."""
 
     def __init__(

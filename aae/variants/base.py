@@ -82,13 +82,19 @@ def config_keys(config_class: type) -> list[str]:
 class AAEModel(nn.Module):
     """Base of every variant: owns its networks, one optimiser + scheduler per phase, and a noise RNG.
 
-    Subclasses set `config_class`, `label_needs`, build their networks in __init__, and implement
+    Subclasses set `config_class`, `label_needs` and `y_head`, build their networks in __init__, and implement
     phase_parameters, training_step and sample (and encode, when the decoder reads more than the encoder's
     code). Most variants start from SingleCodeAAE or CategoricalAAE, which do all of this.
+
+    `label_needs` and `y_head` are class attributes where the class fixes them, so that what the model is can be
+    read without building one (pipeline.plans does); a variant whose config decides them overrides them with
+    properties (DimReductionAAE).
     """
 
     config_class: ClassVar[type]
     label_needs: str = "none"  # what the data loader must supply: "none" | "some" | "all"
+    # What classify() predicts: "classes" (trained on labels), "clusters" (unsupervised), or None (no classify).
+    y_head: str | None = None
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -128,11 +134,6 @@ class AAEModel(nn.Module):
     def classify(self, x: Tensor) -> Tensor:
         """Class probabilities q(y|x); only variants with a categorical head have one."""
         raise NotImplementedError(f"{type(self).__name__} has no categorical head")
-
-    @property
-    def y_head(self) -> str | None:
-        """What classify() predicts: "classes" (trained on labels), "clusters" (unsupervised), or None."""
-        return None
 
     def style(self, x: Tensor) -> tuple[Tensor, float] | None:
         """The style codes of x and the std of their Gaussian prior (for the spread diagnostic); None for

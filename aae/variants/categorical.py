@@ -3,8 +3,8 @@
 The encoder has a softmax y head and a z head on one trunk; the decoder reads representation(y, z);
 one discriminator matches y to a uniform one-hot prior and another matches z to N(0, z_prior_std² I).
 A training step is reconstruction_step, regularisation_step, then supervised_step where the variant uses
-labels; a variant module holds its config, the number of categories and what differs (the representation,
-a penalty joining the reconstruction step).
+labels; a variant module holds its config, the number of categories, what its y head gives (y_head) and what
+differs (the representation, a penalty joining the reconstruction step).
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ class CategoricalAAE(AAEModel):
     def __init__(self, config: CategoricalConfig, n_categories: int, representation_dim: int | None = None) -> None:
         """representation_dim defaults to [y, z]'s width."""
         super().__init__(config)
+        # Each subclass states y_head (so it can be read off the class, see AAEModel); it must say what training
+        # makes of y: classes when the supervised phase fits y to labels, clusters otherwise.
+        head = "classes" if self.uses_labels else "clusters"
+        if self.y_head != head:
+            raise TypeError(f"{type(self).__name__} sets y_head={self.y_head!r}; with label_needs="
+                            f"{self.label_needs!r} its y head gives {head!r}")
         c = config
         self.n_categories = n_categories
         self.y_prior = CategoricalPrior(n_categories)
@@ -114,11 +120,6 @@ class CategoricalAAE(AAEModel):
         x, y = labelled
         logits = self.encoder(x, self.generator).logits
         return {"supervised_loss": supervised_phase(logits, y, self.optimizer("supervised"), self.grad_sync)}
-
-    @property
-    def y_head(self) -> str | None:
-        """Classes when the supervised phase fits y to labels, clusters otherwise."""
-        return "classes" if self.uses_labels else "clusters"
 
     def classify(self, x: Tensor) -> Tensor:
         """q(y|x): class (or cluster) probabilities."""

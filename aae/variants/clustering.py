@@ -19,6 +19,7 @@ class ClusteringAAE(CategoricalAAE):
 
     config_class = ClusteringConfig
     label_needs = "none"
+    y_head = "clusters"
 
     def __init__(self, config: ClusteringConfig) -> None:
         super().__init__(config, n_categories=config.n_clusters)

@@ -46,6 +46,11 @@ class DimReductionAAE(CategoricalAAE):
         """"some" when trained with labels, else "none"."""
         return "some" if self.config.use_labels else "none"
 
+    @property
+    def y_head(self) -> str:  # type: ignore[override]
+        """"classes" when trained with labels, else "clusters"."""
+        return "classes" if self.config.use_labels else "clusters"
+
     def representation(self, y: Tensor, z: Tensor) -> Tensor:
         """W_C·y + z."""
         return self.heads(y) + z

@@ -24,6 +24,7 @@ class SemiSupervisedAAE(CategoricalAAE):
 
     config_class = SemiSupervisedConfig
     label_needs = "some"
+    y_head = "classes"
 
     def __init__(self, config: SemiSupervisedConfig) -> None:
         super().__init__(config, n_categories=config.n_classes)

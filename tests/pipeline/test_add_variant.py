@@ -17,7 +17,9 @@ import torch
 from aae.batch import Batch
 from aae.optim import OptimConfig
 from aae.variants import VARIANTS, build_model, register_variant
+from aae.variants.semi_supervised import SemiSupervisedAAE, SemiSupervisedConfig
 from aae.variants.single_code import SingleCodeAAE, SingleCodeConfig
+from pipeline.plans import DEFAULT_PLAN, plan_for
 from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import run_cli
 
@@ -37,6 +39,10 @@ class ToyAAE(SingleCodeAAE):
 
     config_class = ToyConfig
     label_needs = "none"
+
+
+class ToyClassesAAE(SemiSupervisedAAE):
+    """A variant no table names whose y head gives classes (y_head = "classes", from the class it extends)."""
 
 
 def test_a_registered_variant_builds_and_trains_by_its_short_name(monkeypatch) -> None:
@@ -62,6 +68,23 @@ def test_an_import_path_names_a_variant_without_registering_it() -> None:
         build_model(f"{__name__}:ToyConfig")
     with pytest.raises(ValueError, match="cannot import variant"):
         build_model(f"{__name__}:Missing")
+
+
+def test_a_new_variant_gets_the_evaluations_its_attributes_give() -> None:
+    assert plan_for(f"{__name__}:ToyAAE") == DEFAULT_PLAN  # no y head: every model's evaluations and figures
+    assert build_model(f"{__name__}:ToyClassesAAE", {"input_dim": 12, "hidden": (8,)}).y_head == "classes"
+    plan = plan_for(f"{__name__}:ToyClassesAAE")
+    assert plan.evaluations == ("classification", "style_grid")  # a class head on a decoder that reads y
+    assert plan.paper_tables == ("semisup", "parzen")
+    assert plan.search_space is None  # a default search space is stated per built-in variant, never guessed
+
+
+def test_a_categorical_variant_whose_y_head_contradicts_its_labels_is_refused() -> None:
+    class Confused(ToyClassesAAE):
+        label_needs = "none"  # no supervised phase: its y head would give clusters
+
+    with pytest.raises(TypeError, match="y_head='classes'.*gives 'clusters'"):
+        Confused(SemiSupervisedConfig(input_dim=12, hidden=(8,)))
 
 
 @pytest.mark.slow

@@ -48,6 +48,13 @@ def sets(dataset: dict[str, str], *extra: str) -> list[str]:
     return [arg for override in tiny_overrides(dataset, "data.labels=100", *extra) for arg in ("--set", override)]
 
 
+def run_semisup(dataset: dict[str, str], run_dir: Path, *args: str, overrides: tuple[str, ...] = (),
+                env: dict[str, str] | None = None, fault: str | None = None) -> subprocess.CompletedProcess:
+    """`aae-pipeline run semisup ARGS` into run_dir on the tiny data set (100 labels), from run_dir's folder."""
+    return run_cli("run", "semisup", *args, "--run-dir", str(run_dir), *sets(dataset, *overrides), cwd=run_dir.parent,
+                   env=env, fault=fault)
+
+
 def epochs_logged(run_dir: Path) -> list[int]:
     return [row["epoch"] for row in RunDir(run_dir).read_metrics()]
 
@@ -85,10 +92,7 @@ def test_malformed_experiment_yaml_is_reported_with_its_line(tmp_path) -> None:
 def test_killed_worker_restarts_from_checkpoint_and_finishes(synthetic_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
     # SIGKILL rank 1 at step 2 of the second epoch; Ray restarts the group from the epoch-1 checkpoint.
-    result = run_cli(
-        "run", "semisup", "--workers", "2", "--epochs", "3", "--run-dir", str(run_dir), *sets(synthetic_dataset),
-        cwd=tmp_path, fault="1:2:1",
-    )
+    result = run_semisup(synthetic_dataset, run_dir, "--workers", "2", "--epochs", "3", fault="1:2:1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "fault-injected.txt").exists()
     assert epochs_logged(run_dir) == [1, 2, 3]  # epoch 1 was not redone, epoch 2 was logged once
@@ -104,10 +108,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(synthetic_dataset, 
 @pytest.mark.slow
 def test_resume_flag_continues_a_four_worker_run(synthetic_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    first = run_cli(
-        "run", "semisup", "--workers", "4", "--epochs", "1", "--run-dir", str(run_dir), *sets(synthetic_dataset),
-        cwd=tmp_path,
-    )
+    first = run_semisup(synthetic_dataset, run_dir, "--workers", "4", "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = run_cli("run", "--resume", str(run_dir), "--epochs", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -119,10 +120,7 @@ def test_resume_flag_continues_a_four_worker_run(synthetic_dataset, tmp_path) ->
 @pytest.mark.slow
 def test_one_ray_worker_trains_exactly_like_the_plain_loop(synthetic_dataset, tmp_path) -> None:
     ray_dir = tmp_path / "ray-run"
-    result = run_cli(
-        "run", "semisup", "--workers", "1", "--epochs", "2", "--run-dir", str(ray_dir), *sets(synthetic_dataset),
-        cwd=tmp_path,
-    )
+    result = run_semisup(synthetic_dataset, ray_dir, "--workers", "1", "--epochs", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     config = load_config(str(ray_dir / "config.yaml"))
     plain = RunDir(tmp_path / "plain")
@@ -136,10 +134,7 @@ def test_one_ray_worker_trains_exactly_like_the_plain_loop(synthetic_dataset, tm
 @pytest.mark.slow
 def test_divergence_before_any_checkpoint_is_one_clear_error(synthetic_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli(
-        "run", "semisup", "--epochs", "2", "--run-dir", str(run_dir),
-        *sets(synthetic_dataset, "train.lr.reconstruction=1e12"), cwd=tmp_path,
-    )
+    result = run_semisup(synthetic_dataset, run_dir, "--epochs", "2", overrides=("train.lr.reconstruction=1e12",))
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     [line] = result.stderr.strip().splitlines()
