@@ -96,7 +96,9 @@ class TrainConfig(Strict):
     labelled_batch_size: int = Field(100, gt=0)
 
 
-class RunConfig(Strict):
+class ExecutionConfig(Strict):
+    """The `run:` section: how and where training executes (workers, devices, cluster, precision, retries)."""
+
     workers: int = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float | None = Field(None, gt=0)
@@ -126,7 +128,7 @@ class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    run: ExecutionConfig = Field(default_factory=ExecutionConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

@@ -41,7 +41,7 @@ class Stage:
     """One step of the chain: its function, the config sections and files it depends on, where it runs."""
 
     name: str
-    run: StageFn
+    function: StageFn
     config_keys: tuple[str, ...]  # top-level config sections (or section.key) the stage reads
     input_files: Callable[[RunDir], list[Path]]  # files from earlier stages it reads
     as_task: bool = True  # a Ray task; `train` instead drives a TorchTrainer from the driver
@@ -266,10 +266,10 @@ def _execute(stage: Stage, config: Config, run: RunDir) -> dict[str, Any]:
     if not stage.as_task:
         from pipeline.ray.nodes import this_node
 
-        return {**stage.run(config, run), "node": this_node()}
+        return {**stage.function(config, run), "node": this_node()}
     from pipeline.ray.tasks import run_as_task
 
-    return run_as_task(stage.run, config, run)
+    return run_as_task(stage.function, config, run)
 
 
 # The numbers printed under the summary table: the paper's errors, and its figures as numbers (metric,

@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import StageError, UserError
 from pipeline.progress import console
+from pipeline.ray import cluster, nodes, tuner
 from pipeline.rundir import CONFIG_FILE, atomic_write_bytes, atomic_write_text, new_run_dir
 from pipeline.search_space import (
     SearchSpace,
@@ -103,9 +104,8 @@ def start_sweep(
     base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
     _open_sweep_dir(path, base, space, options, metric)
     _check_nodes_see(path, options)
-    from pipeline.ray.tuner import new_tuner
 
-    _fit(new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures), path)
+    _fit(tuner.new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures), path)
     return finish_sweep(path)
 
 
@@ -145,13 +145,12 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
     _write_manifest(path, {**manifest, "status": "running"})
     _check_nodes_see(path, options)
     console.print(f"resuming sweep {path}")
-    from pipeline.ray.tuner import restore_tuner
 
-    _fit(restore_tuner(setup), path)
+    _fit(tuner.restore_tuner(setup), path)
     return finish_sweep(path)
 
 
-def _fit(tuner: Any, path: Path) -> None:
+def _fit(ray_tuner: Any, path: Path) -> None:
     """Run the sweep; an error of Tune itself (not of a trial, which Tune records) becomes one line and a log."""
     from ray.tune.error import TuneError
 
@@ -159,7 +158,7 @@ def _fit(tuner: Any, path: Path) -> None:
         with warnings.catch_warnings():
             # ASHA takes percentiles over results that include a diverged trial's inf; numpy warns each time.
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
-            tuner.fit()
+            ray_tuner.fit()
     except TuneError as err:
         log_path = path / "logs" / "tune-error.log"
         log_path.parent.mkdir(exist_ok=True)
@@ -198,17 +197,14 @@ def _check_options(options: SweepOptions) -> None:
 def _check_nodes_see(path: Path, options: SweepOptions) -> None:
     """On a cluster, every node must see the sweep directory: trials write their runs under it."""
     if options.address:
-        from pipeline.ray.nodes import check_shared
 
-        check_shared(path, "sweep directory")
+        nodes.check_shared(path, "sweep directory")
 
 
 def _connect(
     path: Path, base: Config, space: SearchSpace, options: SweepOptions, metric: str
 ) -> tuple[Any, SweepOptions]:
     """Start or join Ray sized for the concurrent trials; returns the trials' setup and the completed options."""
-    from pipeline.ray import cluster
-    from pipeline.ray.tuner import TrialSetup
 
     wpt, local = options.workers_per_trial, not options.address
     plan = cluster.plan_resources(wpt, base.run.gpus_per_worker, base.run.cpus_per_worker, local=local)
@@ -223,7 +219,7 @@ def _connect(
         cluster.connect(options.address, plan)
         concurrent = options.max_concurrent or cluster.trials_that_fit(plan)
         threads = plan.threads
-    setup = TrialSetup(
+    setup = tuner.TrialSetup(
         sweep_dir=str(path.resolve()), base_config=str(path.resolve() / BASE_FILE), sweep_name=path.name, space=space,
         plan=replace(plan, threads=threads), threads=threads, metric=metric,
     )
@@ -232,12 +228,11 @@ def _connect(
 
 def finish_sweep(path: Path) -> SweepResult:
     """Collect every trial into trials.parquet and a printed table, write best.yaml, and close sweep.json."""
-    from pipeline.ray.tuner import trial_states
 
     manifest = read_sweep_manifest(path)
     space = parse_search_space(manifest["space"], manifest["space_file"])
     metric, epochs = manifest["metric"], manifest["epochs"]
-    states = sorted(trial_states(path), key=lambda state: state["trial_id"])
+    states = sorted(tuner.trial_states(path), key=lambda state: state["trial_id"])
     rows = [_trial_row(path, state, space, metric, epochs) for state in states]
     best = _best_row(rows)
     if best is not None:
@@ -264,9 +259,8 @@ def finish_sweep(path: Path) -> SweepResult:
 
 def _trial_row(path: Path, state: dict[str, Any], space: SearchSpace, metric: str, epochs: int) -> dict[str, Any]:
     """One trial's line, from its own run directory's metrics (what it really trained) and Tune's status."""
-    from pipeline.ray.tuner import trial_run_dir
 
-    history = trial_run_dir(path, state["trial_id"]).read_metrics()
+    history = tuner.trial_run_dir(path, state["trial_id"]).read_metrics()
     values = [row[metric] for row in history if metric in row]
     ran = int(history[-1]["epoch"]) if history else 0
     if state["status"] == "TERMINATED":
