@@ -14,7 +14,8 @@ from pipeline.errors import UserError
 from pipeline.plans import plan_for
 from pipeline.progress import console
 from pipeline.rundir import CONFIG_FILE, RunDir
-from pipeline.stages.evaluate import EVALUATION_FILE, read_evaluation
+from pipeline.stages import EVALUATION_FILE
+from pipeline.stages.evaluate import read_evaluation
 
 
 @dataclass(frozen=True)

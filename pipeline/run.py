@@ -8,6 +8,7 @@ whose inputs are unchanged.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import socket
@@ -22,12 +23,7 @@ from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import Interrupted, StageError, UserError
 from pipeline.progress import console, log_to, summary_table
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, driving, new_run_dir, sha256_file
-from pipeline.stages import StageFn
-from pipeline.stages.evaluate import EVALUATION_FILE, evaluate
-from pipeline.stages.prepare import prepare
-from pipeline.stages.track import track
-from pipeline.stages.train import train
-from pipeline.stages.visualize import FIGURE_DIR, visualize
+from pipeline.stages import EVALUATION_FILE, FIGURE_DIR, StageFn
 from pipeline.tracking import settle_tracking
 
 RUNS_ROOT = Path("runs")
@@ -41,10 +37,17 @@ class Stage:
     """One step of the chain: its function, the config sections and files it depends on, where it runs."""
 
     name: str
-    function: StageFn
+    # "module:function", a (Config, RunDir) -> dict, imported when the stage runs: `run` then answers a mistake,
+    # a busy run directory or a chain with nothing to redo without loading torch, matplotlib and Ray Train.
+    function: str
     config_keys: tuple[str, ...]  # top-level config sections (or section.key) the stage reads
     input_files: Callable[[RunDir], list[Path]]  # files from earlier stages it reads
     as_task: bool = True  # a Ray task; `train` instead drives a TorchTrainer from the driver
+
+    def load(self) -> StageFn:
+        """The stage's function."""
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 def _dataset_manifest(run: RunDir) -> list[Path]:
@@ -64,12 +67,14 @@ def _evaluated(run: RunDir) -> list[Path]:
 # config keys it reads and the files earlier stages produced for it, so changing either redoes it and every
 # stage after.
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", prepare, ("data",), lambda run: []),
-    Stage("train", train, ("data", "model", "train", "run.workers", "run.gpus_per_worker", "run.amp"),
-          _dataset_manifest, as_task=False),
-    Stage("evaluate", evaluate, ("data", "model", "evaluate"), lambda run: [run.best_checkpoint]),
-    Stage("visualize", visualize, ("data", "model"), _trained),
-    Stage("track", track, ("tracking",), lambda run: [*_trained(run), *_evaluated(run)]),
+    Stage("prepare", "pipeline.stages.prepare:prepare", ("data",), lambda run: []),
+    Stage("train", "pipeline.stages.train:train",
+          ("data", "model", "train", "run.workers", "run.gpus_per_worker", "run.amp"), _dataset_manifest,
+          as_task=False),
+    Stage("evaluate", "pipeline.stages.evaluate:evaluate", ("data", "model", "evaluate"),
+          lambda run: [run.best_checkpoint]),
+    Stage("visualize", "pipeline.stages.visualize:visualize", ("data", "model"), _trained),
+    Stage("track", "pipeline.stages.track:track", ("tracking",), lambda run: [*_trained(run), *_evaluated(run)]),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
@@ -154,9 +159,13 @@ def run_experiment(
         hashes[stage.name] = input_hash(stage, config, run)
         if redo or not _finished_with(stage, run, hashes[stage.name]):
             work_to_do = True
-            connect_ray(config)  # an unreachable or too-small cluster fails here, before anything is written
             break
+    connected = work_to_do and not run.path.exists()
+    if connected:  # an unreachable or too-small cluster fails here, before a new directory is made
+        connect_ray(config)
     with driving(run) as run:  # a new run's directory is created here, under a name no concurrent run took
+        if work_to_do and not connected:  # after the lock: a directory another process drives is said at once
+            connect_ray(config)  # and before anything is written
         log_to(run.path / LOG_FILE)
         _say_if_died(run)
         atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(requested))
@@ -266,10 +275,10 @@ def _execute(stage: Stage, config: Config, run: RunDir) -> dict[str, Any]:
     if not stage.as_task:
         from pipeline.ray.nodes import this_node
 
-        return {**stage.function(config, run), "node": this_node()}
+        return {**stage.load()(config, run), "node": this_node()}
     from pipeline.ray.tasks import run_as_task
 
-    return run_as_task(stage.function, config, run)
+    return run_as_task(stage.load(), config, run)
 
 
 # The numbers printed under the summary table: the paper's errors, and its figures as numbers (metric,

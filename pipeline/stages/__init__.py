@@ -14,3 +14,8 @@ from pipeline.config import Config
 from pipeline.rundir import RunDir
 
 StageFn = Callable[[Config, RunDir], dict[str, Any]]
+
+# Files the stages leave in the run directory, named here so that the chain can hash them without importing the
+# stages (torch, matplotlib).
+EVALUATION_FILE = "evaluation.json"
+FIGURE_DIR = "figures"

@@ -22,9 +22,9 @@ from pipeline.config import Config
 from pipeline.loop import style_codes
 from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_text
+from pipeline.stages import EVALUATION_FILE
 from pipeline.stages.trained import CHUNK, Split, batched, load_eval_split, load_trained_model
 
-EVALUATION_FILE = "evaluation.json"
 # Test digits whose styles the style-grid measure renders as every class.
 STYLE_GRID_DIGITS = 1000
 PARZEN_OFF_NOTE = ("not measured (evaluate.parzen is false): a Parzen window over raw pixels says little about "

@@ -9,8 +9,8 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.progress import console
 from pipeline.rundir import RunDir
-from pipeline.stages.evaluate import EVALUATION_FILE, read_evaluation
-from pipeline.stages.visualize import FIGURE_DIR
+from pipeline.stages import EVALUATION_FILE, FIGURE_DIR
+from pipeline.stages.evaluate import read_evaluation
 from pipeline.tracking import (
     WANDB_DIR,
     Tracker,

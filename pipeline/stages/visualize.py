@@ -24,9 +24,9 @@ from aae.variants.base import AAEModel
 from pipeline.config import Config
 from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_bytes
+from pipeline.stages import FIGURE_DIR
 from pipeline.stages.trained import Split, batched, load_eval_split, load_trained_model
 
-FIGURE_DIR = "figures"
 SCATTER_POINTS = 5000  # hold-out codes drawn in the scatter plots
 GRID = 20  # images per side of the prior-grid figure
 STYLE_ROWS = 10  # test digits whose style is rendered as every class

@@ -4,6 +4,7 @@ stubbed where they would start it)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -30,18 +31,17 @@ def chain(monkeypatch, tmp_path):
             return {"metrics": {f"{name}/done": 1.0}}
         return stage_fn
 
-    stubbed = tuple(
-        run_module.Stage(s.name, make(s.name), s.config_keys, s.input_files, as_task=False)
-        for s in run_module.STAGES
-    )
-    monkeypatch.setattr(run_module, "STAGES", stubbed)
+    stubs = {stage.name: make(stage.name) for stage in run_module.STAGES}
+    in_process = tuple(replace(stage, as_task=False) for stage in run_module.STAGES)
+    monkeypatch.setattr(run_module, "STAGES", in_process)
+    monkeypatch.setattr(run_module.Stage, "load", lambda stage: stubs[stage.name])
     monkeypatch.setattr(run_module, "connect_ray", lambda config: None)
     config = load_config("semisup", ["tracking.wandb=disabled"])
-    return config, RunDir(tmp_path / "run"), calls
+    return config, RunDir(tmp_path / "run"), calls, stubs
 
 
 def test_second_run_reuses_every_stage_and_a_config_change_redoes_from_the_first_affected(chain) -> None:
-    config, run, calls = chain
+    config, run, calls, _ = chain
     run_module.run_experiment(config, run)
     assert calls == ["prepare", "train", "evaluate", "visualize", "track"]
     calls.clear()
@@ -52,7 +52,7 @@ def test_second_run_reuses_every_stage_and_a_config_change_redoes_from_the_first
 
 
 def test_from_train_redoes_training_from_scratch_and_keeps_the_old_results(chain) -> None:
-    config, run, calls = chain
+    config, run, calls, _ = chain
     run_module.run_experiment(config, run)
     calls.clear()
     run_module.run_experiment(config, run, from_stage="train")
@@ -61,20 +61,22 @@ def test_from_train_redoes_training_from_scratch_and_keeps_the_old_results(chain
     assert len(archived) == 1 and archived[0].read_text() == "weights 2"
 
 
-def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain, monkeypatch) -> None:
-    config, run, calls = chain
+def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain) -> None:
+    config, run, calls, stubs = chain
 
     def broken(config, run):
         raise RuntimeError("figure backend exploded")
 
-    stages = tuple(
-        s if s.name != "visualize" else run_module.Stage("visualize", broken, s.config_keys, s.input_files, False)
-        for s in run_module.STAGES
-    )
-    monkeypatch.setattr(run_module, "STAGES", stages)
+    stubs["visualize"] = broken
     with pytest.raises(StageError, match="stage 'visualize' failed.*figure backend exploded"):
         run_module.run_experiment(config, run)
     stages_record = run.read_manifest()["stages"]
     assert [stages_record[name]["status"] for name in ("prepare", "train", "evaluate", "visualize")] == [
         "done", "done", "done", "failed"]
     assert (run.path / "logs" / "visualize-error.log").exists()
+
+
+def test_every_stage_names_a_function_that_exists() -> None:
+    for stage in run_module.STAGES:
+        assert callable(stage.load()), stage.function
+        assert stage.load().__name__ == stage.name

@@ -146,8 +146,7 @@ def test_training_completes_when_wandb_cannot_start(synthetic_dataset, tmp_path,
     config = load_config("semisup", tiny_overrides(synthetic_dataset, "data.labels=100", "train.epochs=1",
                                                    "data.limit=400", "tracking.wandb=offline"))
     run = new_run(tmp_path)
-    train_worker({"config": config.model_dump(mode="json"), "run_dir": str(run.path), "threads": 1,
-                  "use_gpu": False})
+    train_worker({"config": config, "run_dir": str(run.path), "threads": 1, "use_gpu": False, "report_to_tune": True})
     assert [row["epoch"] for row in reported] == [1]
     assert run.best_checkpoint.exists()
     assert capsys.readouterr().out.count("W&B tracking stopped") == 1
