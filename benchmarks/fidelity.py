@@ -37,11 +37,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fidelity.jsonl"
 # The numbers a fidelity row shows, in this order, where the model has them.
 SHOWN = ("test/cluster_error", "test/error", "test/dimred_error", "test/clusters_used", "test/nmi",
          "test/z_std_ratio", "test/parzen_ll", "test/style_grid_accuracy", "test/components_used",
-         "test/codes_on_prior", "test/codes_on_own_component", "test/code_mean_error", "test/code_cov_error")
+         "test/codes_on_prior", "test/codes_on_own_component", "test/code_mean_error", "test/code_cov_error",
+         "test/heads_read_as_cluster", "test/distinct_heads")
 # The figure measures (evaluate stage), shown in the table's "figure" column where a run has them.
 FIGURE = {"test/style_grid_accuracy": "grid {:.1f}%", "test/components_used": "{:d} comp.",
           "test/codes_on_prior": "{:.1%} on prior", "test/codes_on_own_component": "{:.1%} own segment",
-          "test/code_mean_error": "mean err {:.3f}", "test/code_cov_error": "cov err {:.3f}"}
+          "test/code_mean_error": "mean err {:.3f}", "test/code_cov_error": "cov err {:.3f}",
+          "test/heads_read_as_cluster": "heads {:.0f}% as cluster", "test/distinct_heads": "{:d} digits in heads"}
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ class HeadPlan:
 
 BY_HEAD: dict[str, HeadPlan] = {
     "classes": HeadPlan(("classification",), (), ("semisup",)),
-    "clusters": HeadPlan(("clustering",), ("cluster_heads",), ("clustering",)),
+    "clusters": HeadPlan(("clustering", "cluster_heads"), ("cluster_heads",), ("clustering",)),
 }
 CLASS_STYLE_GRID = ("style_grid",)  # an evaluation and a figure: each style rendered as each class
 

@@ -287,6 +287,7 @@ HEADLINES = (
     ("test/error", "test error", 1), ("test/cluster_error", "test cluster error", 1),
     ("test/dimred_error", "dimensionality-reduction error", 1),
     ("test/style_grid_accuracy", "style-grid cells read as their column's class", 1),
+    ("test/heads_read_as_cluster", "cluster heads read as their cluster's digit", 1),
     ("test/codes_on_prior", "test codes on the prior", 100),
     ("test/codes_on_own_component", "test codes on their own class's component", 100),
 )

@@ -133,6 +133,12 @@ class CategoricalAAE(AAEModel):
         """z, whose prior is N(0, z_prior_std² I)."""
         return self.infer(x).code, self.z_prior.std
 
+    def decoded_heads(self) -> Tensor:
+        """Each category decoded with the style z = 0: (categories, pixels), the paper's cluster heads (§6: the
+        first column of its clustering figure). They show distinct digits only when the decoder reads y."""
+        k, on = self.n_categories, self.device
+        return self.decode(self.representation(torch.eye(k, device=on), torch.zeros(k, self.config.z_dim, device=on)))
+
     def render_as_each_category(self, x: Tensor) -> Tensor:
         """Each row's style z decoded with every one-hot category: (N, categories, pixels), the style grid."""
         z = self.infer(x).code

@@ -139,15 +139,33 @@ def prior_fit(inputs: Inputs) -> Outcome:
     return Outcome({f"test/{k}": v for k, v in fit.items()})
 
 
+def cluster_heads(inputs: Inputs) -> Outcome:
+    """The cluster heads (visualize's cluster_heads.png, first column: each category decoded with z = 0) as
+    numbers: the share a reference classifier reads as the digit their cluster stands for (the paper's
+    mapping, as in test/cluster_error), and how many different digits they show. 100% and every class when y
+    sets the digit; one digit, right for about one cluster in ten, when the decoder ignores y."""
+    train = load_eval_split(inputs.config, "train")
+    stands_for = m.paper_cluster_labels(batched(inputs.model.classify, train.x), train.y)
+    judge = reference_judge(inputs.config, train)
+    with torch.no_grad():
+        read = judge(inputs.model.decoded_heads().cpu()).argmax(1).numpy()
+    return Outcome({"test/heads_read_as_cluster": 100.0 * float(np.mean(read == stands_for)),
+                    "test/distinct_heads": len(set(read.tolist()))})
+
+
+def reference_judge(config: Config, train: Split) -> torch.nn.Module:
+    """The small MLP digit classifier, trained on the training digits, that reads generated images."""
+    n_classes = int(train.y.max()) + 1
+    return m.fit_reference_classifier(train.x, torch.tensor(train.y, dtype=torch.int64), n_classes,
+                                      seed=config.train.seed)
+
+
 def style_grid(inputs: Inputs) -> Outcome:
     """test/style_grid_accuracy: the share of style-grid cells (test digits' styles rendered as each class,
     visualize's style_grid.png) that a reference classifier trained on the training digits reads as their
     column's class: 100% when y sets the digit and z only the style; 10% when the decoder ignores y."""
     config, model = inputs.config, inputs.model
-    train = load_eval_split(config, "train")
-    n_classes = int(train.y.max()) + 1
-    judge = m.fit_reference_classifier(train.x, torch.tensor(train.y, dtype=torch.int64), n_classes,
-                                       seed=config.train.seed)
+    judge = reference_judge(config, load_eval_split(config, "train"))
     test_x, test_y = inputs.test.x[:STYLE_GRID_DIGITS], torch.tensor(inputs.test.y[:STYLE_GRID_DIGITS])
     rendered = torch.cat([model.render_as_each_category(chunk).cpu() for chunk in test_x.split(CHUNK // 10)])
     with torch.no_grad():
@@ -162,7 +180,9 @@ def style_grid(inputs: Inputs) -> Outcome:
 Evaluation = Callable[[Inputs], Outcome]
 EVERY_MODEL: tuple[Evaluation, ...] = (reconstruction, parzen, degeneracy, prior_fit)
 # The evaluations a variant's plan may name (pipeline.plans), by function name.
-EVALUATIONS: dict[str, Evaluation] = {f.__name__: f for f in (classification, clustering, dim_reduction, style_grid)}
+EVALUATIONS: dict[str, Evaluation] = {
+    f.__name__: f for f in (classification, clustering, cluster_heads, dim_reduction, style_grid)
+}
 
 
 def evaluate(config: Config, run: RunDir) -> dict[str, Any]:

@@ -95,8 +95,7 @@ def cluster_heads(c: Canvas) -> Figure:
     """Each cluster's head (y_i decoded with z = 0, first column) and its most confident test members."""
     model = c.model
     k = model.n_categories
-    on = model.device
-    heads = model.decode(model.representation(torch.eye(k, device=on), torch.zeros(k, model.config.z_dim, device=on)))
+    heads = model.decoded_heads()
     probs = batched(model.classify, c.test.x)
     assigned = probs.argmax(1)
     rows = []

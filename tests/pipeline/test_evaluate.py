@@ -15,7 +15,7 @@ from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import UserError
 from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import CONFIG_FILE, RunDir
-from pipeline.stages.evaluate import Inputs, evaluate, style_grid
+from pipeline.stages.evaluate import Inputs, cluster_heads, evaluate, style_grid
 from pipeline.stages.trained import load_eval_split, load_trained_model
 from tests.conftest import tiny_overrides
 
@@ -83,6 +83,7 @@ def test_clustering_run_gets_cluster_metrics_in_range(synthetic_dataset, tmp_pat
     for key in ("test/cluster_error", "test/cluster_error_majority"):
         assert 0 <= metrics[key] <= 100
     assert 0 < metrics["test/nmi"] <= 1  # two epochs already tie the clusters to the classes a little
+    assert 0 <= metrics["test/heads_read_as_cluster"] <= 100 and 1 <= metrics["test/distinct_heads"] <= 10
     assert -1 <= metrics["test/ari"] <= 1
     assert math.isfinite(metrics["test/parzen_ll"])
 
@@ -117,13 +118,17 @@ def test_eval_split_flattens_uint8_images_to_unit_floats(synthetic_dataset) -> N
     assert np.issubdtype(train_split.y.dtype, np.integer)
 
 
+def exemplars(test_x: torch.Tensor, test_y: np.ndarray) -> torch.Tensor:
+    """One real test image of each class: what a decoder that obeys y would draw."""
+    return torch.stack([test_x[int(np.flatnonzero(test_y == c)[0])] for c in range(10)])
+
+
 class _GridModel:
     """Stands in for a trained style/content model: renders each test digit's style as every class."""
 
     def __init__(self, test_x: torch.Tensor, test_y: np.ndarray, reads_y: bool) -> None:
         self.reads_y = reads_y
-        # One real test image of each class: what a decoder that obeys y would draw.
-        self.exemplars = torch.stack([test_x[int(np.flatnonzero(test_y == c)[0])] for c in range(10)])
+        self.exemplars = exemplars(test_x, test_y)
 
     def render_as_each_category(self, x: torch.Tensor) -> torch.Tensor:
         if self.reads_y:
@@ -140,6 +145,30 @@ def test_style_grid_accuracy_is_high_when_y_sets_the_digit_and_near_chance_when_
     assert obeys["test/style_grid_accuracy"] > 90
     assert ignores["test/style_grid_accuracy"] < 20  # right only in the column of the digit's own class
     assert ignores["test/style_grid_kept_digit"] > 90
+
+
+class _HeadsModel:
+    """Stands in for a trained clustering model with a cluster per class: q(y|x) by the nearest class exemplar;
+    its heads are the exemplars (a decoder that reads y) or one exemplar for every cluster (one that does not)."""
+
+    def __init__(self, test_x: torch.Tensor, test_y: np.ndarray, reads_y: bool) -> None:
+        self.reads_y = reads_y
+        self.exemplars = exemplars(test_x, test_y)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(-torch.cdist(x, self.exemplars), dim=1)
+
+    def decoded_heads(self) -> torch.Tensor:
+        return self.exemplars if self.reads_y else self.exemplars[:1].expand(10, -1)
+
+
+def test_cluster_heads_are_read_as_their_clusters_digit_only_when_the_decoder_reads_y(synthetic_dataset) -> None:
+    config = load_config("cluster16", tiny_overrides(synthetic_dataset))
+    test = load_eval_split(config, "test")
+    obeys = cluster_heads(Inputs(config, _HeadsModel(test.x, test.y, reads_y=True), test)).metrics
+    ignores = cluster_heads(Inputs(config, _HeadsModel(test.x, test.y, reads_y=False), test)).metrics
+    assert obeys == {"test/heads_read_as_cluster": 100.0, "test/distinct_heads": 10}
+    assert ignores["test/heads_read_as_cluster"] <= 20 and ignores["test/distinct_heads"] == 1
 
 
 @pytest.mark.parametrize(
