@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -42,7 +43,7 @@ def record_worker(run: RunDir, rank: int) -> None:
     starts = 0
     with contextlib.suppress(OSError, ValueError):  # a first start, or an unreadable earlier record
         starts = int(json.loads(path.read_text()).get("starts", 0))
-    atomic_write_text(path, json.dumps({"rank": rank, **this_node(), "starts": starts + 1}))
+    atomic_write_text(path, json.dumps({"rank": rank, **this_node(), "pid": os.getpid(), "starts": starts + 1}))
 
 
 def worker_records(run: RunDir) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.ray import cluster
+from pipeline.ray.nodes import worker_records
 from pipeline.rundir import RunDir, driving
 from tests.pipeline.test_run_cli import epochs_logged, run_cli, sets
 
@@ -276,6 +277,19 @@ def wait_for_epochs(run_dir: Path, process: subprocess.Popen, count: int = 1, ti
         time.sleep(0.5)
 
 
+def wait_until_gone(pid: int, timeout_s: float = 60) -> None:
+    """Wait for a process to exit (a Ray worker outlives its killed driver for a second or two)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:  # the state is the field after the parenthesised name; Z: exited, not yet reaped
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still running"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_what_was_kept_and_how_to_continue(synthetic_dataset, tmp_path, ray_tmp) -> None:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
@@ -307,6 +321,7 @@ def test_a_killed_driver_is_recognised_and_its_run_continues(synthetic_dataset, 
     process.kill()  # SIGKILL: no handler runs, the manifest still says "running"
     process.communicate(timeout=60)
     os.killpg(process.pid, signal.SIGKILL)  # and the private Ray it had started
+    wait_until_gone(worker_records(RunDir(run_dir))[0]["pid"])  # Ray's worker, in a group of its own, follows
     assert manifest(run_dir)["stages"]["train"]["status"] == "running"
     kept = epochs_logged(run_dir)
     resumed = run_cli("run", "--resume", str(run_dir), "--epochs", str(kept[-1] + 1), cwd=tmp_path,
