@@ -43,7 +43,7 @@ SHOWN = ("test/cluster_error", "test/error", "test/dimred_error", "test/clusters
 FIGURE = {"test/style_grid_accuracy": "grid {:.1f}%", "test/components_used": "{:d} comp.",
           "test/codes_on_prior": "{:.1%} on prior", "test/codes_on_own_component": "{:.1%} own segment",
           "test/code_mean_error": "mean err {:.3f}", "test/code_cov_error": "cov err {:.3f}",
-          "test/heads_read_as_cluster": "heads {:.0f}% as cluster", "test/distinct_heads": "{:d} digits in heads"}
+          "test/heads_read_as_cluster": "heads right {:.1f}%", "test/distinct_heads": "distinct heads {:d}"}
 
 
 def main() -> None:
