@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,28 @@ PARZEN_OFF_NOTE = ("not measured (evaluate.parzen is false): a Parzen window ove
 
 @dataclass
 class Inputs:
-    """What every evaluation reads: the config, the trained model and the test split."""
+    """What every evaluation reads: the config, the trained model and the test split. The training split and the
+    model's q(y|x) on either split are computed once, by the first evaluation that asks (classification or
+    clustering, the collapse diagnostics and the cluster heads all read them)."""
 
     config: Config
     model: AAEModel
     test: Split
+
+    @cached_property
+    def train(self) -> Split:
+        """The training split, as training saw it (data.limit applies)."""
+        return load_eval_split(self.config, "train")
+
+    @cached_property
+    def test_probs(self) -> torch.Tensor:
+        """q(y|x) on the test split (models with a y head)."""
+        return batched(self.model.classify, self.test.x)
+
+    @cached_property
+    def train_probs(self) -> torch.Tensor:
+        """q(y|x) on the training split (models with a y head)."""
+        return batched(self.model.classify, self.train.x)
 
 
 @dataclass
@@ -82,7 +100,7 @@ def parzen(inputs: Inputs) -> Outcome:
 
 def classification(inputs: Inputs) -> Outcome:
     """test/error: q(y|x) as a classifier, with the error of each class as a table."""
-    probs = batched(inputs.model.classify, inputs.test.x)
+    probs = inputs.test_probs
     return Outcome({"test/error": m.classification_error(probs, inputs.test.y)},
                    {"per_class_error": _per_class_table(probs, inputs.test.y)})
 
@@ -90,9 +108,8 @@ def classification(inputs: Inputs) -> Outcome:
 def clustering(inputs: Inputs) -> Outcome:
     """The paper's cluster error (each cluster takes the label of its most confident training example), the
     majority-vote error, NMI and ARI; per-class errors under the paper's mapping as a table."""
-    train = load_eval_split(inputs.config, "train")
-    train_probs = batched(inputs.model.classify, train.x)
-    test_probs = batched(inputs.model.classify, inputs.test.x)
+    train, train_probs = inputs.train, inputs.train_probs
+    test_probs = inputs.test_probs
     report = m.clustering_report(train_probs, train.y, test_probs, inputs.test.y)
     mapping = m.paper_cluster_labels(train_probs, train.y)
     predicted = mapping[test_probs.argmax(1).numpy()]
@@ -115,7 +132,7 @@ def degeneracy(inputs: Inputs) -> Outcome:
     model, x = inputs.model, inputs.test.x
     metrics: dict[str, float] = {}
     if model.y_head is not None:
-        usage = m.category_usage(batched(model.classify, x))
+        usage = m.category_usage(inputs.test_probs)
         metrics.update({f"test/{key}": value for key, value in usage.items()})
     styles = style_codes(model, x, CHUNK)
     if styles is not None:
@@ -144,9 +161,8 @@ def cluster_heads(inputs: Inputs) -> Outcome:
     numbers: the share a reference classifier reads as the digit their cluster stands for (the paper's
     mapping, as in test/cluster_error), and how many different digits they show. 100% and every class when y
     sets the digit; one digit, right for about one cluster in ten, when the decoder ignores y."""
-    train = load_eval_split(inputs.config, "train")
-    stands_for = m.paper_cluster_labels(batched(inputs.model.classify, train.x), train.y)
-    judge = reference_judge(inputs.config, train)
+    stands_for = m.paper_cluster_labels(inputs.train_probs, inputs.train.y)
+    judge = reference_judge(inputs.config, inputs.train)
     with torch.no_grad():
         read = judge(inputs.model.decoded_heads().cpu()).argmax(1).numpy()
     return Outcome({"test/heads_read_as_cluster": 100.0 * float(np.mean(read == stands_for)),
@@ -165,7 +181,7 @@ def style_grid(inputs: Inputs) -> Outcome:
     visualize's style_grid.png) that a reference classifier trained on the training digits reads as their
     column's class: 100% when y sets the digit and z only the style; 10% when the decoder ignores y."""
     config, model = inputs.config, inputs.model
-    judge = reference_judge(config, load_eval_split(config, "train"))
+    judge = reference_judge(config, inputs.train)
     test_x, test_y = inputs.test.x[:STYLE_GRID_DIGITS], torch.tensor(inputs.test.y[:STYLE_GRID_DIGITS])
     rendered = torch.cat([model.render_as_each_category(chunk).cpu() for chunk in test_x.split(CHUNK // 10)])
     with torch.no_grad():
