@@ -18,7 +18,7 @@ from aae.batch import Batch
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase, supervised_phase
 from aae.priors import CategoricalPrior, GaussianPrior
-from aae.variants.base import AAEModel, AdversarialConfig
+from aae.variants.base import AAEModel, AdversarialConfig, _check
 
 
 @dataclass
@@ -28,6 +28,13 @@ class CategoricalConfig(AdversarialConfig):
     z_dim: int = 10
     z_prior_std: float = 5.0
     y_batchnorm: bool = False  # BatchNorm on the y logits (not in the paper; see aae.networks.Encoder)
+    # y times y_scale where the decoder reads it (not in the paper): a one-hot y beside a z of std z_prior_std
+    # reaches the decoder's first layer z_prior_std times fainter, so the decoder learns to read z first.
+    y_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.y_scale > 0, "y_scale must be positive")
 
 
 class CategoricalAAE(AAEModel):
@@ -59,8 +66,8 @@ class CategoricalAAE(AAEModel):
         return self.label_needs != "none"
 
     def representation(self, y: Tensor, z: Tensor) -> Tensor:
-        """What the decoder reads: [y, z] (the dimensionality-reduction AAE overrides this)."""
-        return torch.cat([y, z], 1)
+        """What the decoder reads: [y_scale · y, z] (the dimensionality-reduction AAE overrides this)."""
+        return torch.cat([self.config.y_scale * y, z], 1)
 
     def phase_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Reconstruction: everything but the discriminators; discriminator: both; generator: encoder."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from aae.losses import cluster_head_hinge
 from aae.networks import init_weights
+from aae.variants.base import _check
 from aae.variants.categorical import CategoricalAAE, CategoricalConfig
 
 
@@ -29,6 +30,10 @@ class DimReductionConfig(CategoricalConfig):
     n_clusters: int = 10
     eta: float = 1.0
     use_labels: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.y_scale == 1, "y_scale does not apply to dim_reduction: the cluster heads W_C set y's scale")
 
 
 class DimReductionAAE(CategoricalAAE):

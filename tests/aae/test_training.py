@@ -100,6 +100,21 @@ def test_clustering_with_batchnorm_on_y_uses_every_category(clusters, train) -> 
     assert normalized_mutual_info_score(y[2000:], probs.argmax(1)) > 0.75
 
 
+def test_clustering_heads_show_their_clusters_once_y_is_as_loud_as_the_style_code(clusters, train) -> None:
+    # With a style prior of std 5 the one-hot y reaches the decoder five times fainter than z, and the decoder
+    # learns to ignore it: every head (y_i decoded with z = 0) is the same class although the clusters are
+    # right. Scaling y by the prior's std at the decoder makes the heads differ (cluster16 uses y_scale 2).
+    x, y = clusters(3000, n_classes=4, separation=3.0)
+    judge = LogisticRegression(max_iter=2000).fit(x[:2000].numpy(), y[:2000].numpy())
+    distinct = {}
+    for y_scale in (1.0, 5.0):
+        model = model_for("clustering", n_clusters=4, z_dim=2, z_prior_std=5.0, y_scale=y_scale)
+        train(model, x[:2000], steps=750)
+        assert normalized_mutual_info_score(y[2000:], model.cluster(x[2000:])) > 0.8
+        distinct[y_scale] = len(set(judge.predict(model.decoded_heads().numpy())))
+    assert distinct[1.0] <= 2 and distinct[5.0] >= 3, distinct
+
+
 def test_dim_reduction_pushes_cluster_heads_eta_apart(clusters, train) -> None:
     # η = 5 is further than reconstruction alone spreads the heads here (about 3), so the hinge must act.
     x, y = clusters(3000, n_classes=4, separation=2.0)

@@ -176,6 +176,21 @@ def test_y_scale_sets_the_labels_magnitude_at_the_decoder_input() -> None:
         tiny("supervised", y_scale=0.0)
 
 
+def test_categorical_y_scale_scales_y_where_the_decoder_reads_it() -> None:
+    plain, scaled = tiny("clustering", n_clusters=4), tiny("clustering", n_clusters=4, y_scale=2.0)
+    scaled.load_state_dict(plain.state_dict())
+    y, z = torch.eye(4), torch.randn(4, plain.config.z_dim)
+    assert torch.equal(scaled.representation(y, z), torch.cat([2 * y, z], 1))
+    # The cluster heads and the style grid go through the same scaled input as training does.
+    assert torch.equal(scaled.decoded_heads(), plain.decode(torch.cat([2 * y, torch.zeros_like(z)], 1)))
+    assert not torch.equal(scaled.decoded_heads(), plain.decoded_heads())
+    assert all(torch.isfinite(v) for v in scaled.training_step(batch_of(8, 0)).values())
+    with pytest.raises(ValueError, match="y_scale must be positive"):
+        tiny("clustering", y_scale=0.0)
+    with pytest.raises(ValueError, match="does not apply to dim_reduction"):
+        tiny("dim_reduction", y_scale=2.0)
+
+
 def test_label_regularised_y_scale_sets_the_conditions_magnitude() -> None:
     plain, scaled = tiny("label_regularised"), tiny("label_regularised", y_scale=5.0)
     y = torch.tensor([0, 3, -1])
