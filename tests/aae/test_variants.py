@@ -181,7 +181,7 @@ def test_categorical_y_scale_scales_y_where_the_decoder_reads_it() -> None:
     scaled.load_state_dict(plain.state_dict())
     y, z = torch.eye(4), torch.randn(4, plain.config.z_dim)
     assert torch.equal(scaled.representation(y, z), torch.cat([2 * y, z], 1))
-    # The cluster heads and the style grid go through the same scaled input as training does.
+    # The cluster heads go through the same scaled input as training does.
     assert torch.equal(scaled.decoded_heads(), plain.decode(torch.cat([2 * y, torch.zeros_like(z)], 1)))
     assert not torch.equal(scaled.decoded_heads(), plain.decoded_heads())
     assert all(torch.isfinite(v) for v in scaled.training_step(batch_of(8, 0)).values())
