@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -107,8 +108,10 @@ def fidelity_run(experiment: str, epochs: int, overrides: list[str], note: str, 
         test = evaluate(config, run)["metrics"] if run.read_metrics() else {}
         if figures is not None and test:
             figures.mkdir(parents=True, exist_ok=True)
+            # The setting is in the name: a batch runs several settings of one experiment into one folder.
+            stem = re.sub(r"[^\w.=-]+", "-", "-".join([experiment, *overrides]))
             for name, relative in visualize(config, run)["figures"].items():
-                shutil.copy(run.path / relative, figures / f"{experiment}-{name}.png")
+                shutil.copy(run.path / relative, figures / f"{stem}-{name}.png")
         return record(experiment, run, overrides, note, test, round(time.perf_counter() - started), results)
 
 

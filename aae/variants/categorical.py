@@ -31,10 +31,15 @@ class CategoricalConfig(AdversarialConfig):
     # y times y_scale where the decoder reads it (not in the paper): a one-hot y beside a z of std z_prior_std
     # reaches the decoder's first layer z_prior_std times fainter, so the decoder learns to read z first.
     y_scale: float = 1.0
+    # The share of each batch whose style z is set to 0 (the prior's mode) in the reconstruction phase (not in
+    # the paper): the decoder must then draw those digits from y alone, so decoding (y_i, z = 0), the cluster
+    # head, learns to show cluster i's digit, and y receives the reconstruction gradient z would otherwise take.
+    style_drop: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.y_scale > 0, "y_scale must be positive")
+        _check(0 <= self.style_drop < 1, "style_drop must be in [0, 1)")
 
 
 class CategoricalAAE(AAEModel):
@@ -98,10 +103,14 @@ class CategoricalAAE(AAEModel):
         return losses
 
     def reconstruction_step(self, x: Tensor, penalty: Tensor | None = None) -> Tensor:
-        """One optimiser step of the reconstruction phase through representation(softmax(y), z); `penalty`
-        joins the same step. Returns the reconstruction loss."""
+        """One optimiser step of the reconstruction phase through representation(softmax(y), z), z set to 0 for a
+        style_drop share of the rows; `penalty` joins the same step. Returns the reconstruction loss."""
         out = self.encoder(x, self.generator)
-        logits = self.decoder(self.representation(out.logits.softmax(1), out.code))
+        z = out.code
+        if self.config.style_drop > 0:
+            kept = torch.rand(len(z), 1, generator=self.generator, device=z.device) >= self.config.style_drop
+            z = z * kept
+        logits = self.decoder(self.representation(out.logits.softmax(1), z))
         return reconstruction_phase(logits, x, self.optimizer("reconstruction"), self.grad_sync,
                                     self.config.recon_loss, penalty)
 

@@ -191,6 +191,20 @@ def test_categorical_y_scale_scales_y_where_the_decoder_reads_it() -> None:
         tiny("dim_reduction", y_scale=2.0)
 
 
+def test_style_drop_decodes_a_share_of_the_reconstruction_batch_from_y_alone() -> None:
+    for style_drop in (0.0, 0.25):
+        model = tiny("clustering", n_clusters=4, style_drop=style_drop)
+        seen = []  # what the decoder reads in the one reconstruction step
+        model.decoder.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0].detach()))
+        model.reconstruction_step(torch.rand(2000, 12))
+        (decoded,) = seen
+        y, z = decoded[:, :4], decoded[:, 4:]
+        assert torch.allclose(y.sum(1), torch.ones(2000))  # y itself always reaches the decoder
+        assert abs((z == 0).all(1).float().mean().item() - style_drop) < 0.04
+    with pytest.raises(ValueError, match=r"style_drop must be in \[0, 1\)"):
+        tiny("clustering", style_drop=1.0)
+
+
 def test_label_regularised_y_scale_sets_the_conditions_magnitude() -> None:
     plain, scaled = tiny("label_regularised"), tiny("label_regularised", y_scale=5.0)
     y = torch.tensor([0, 3, -1])
