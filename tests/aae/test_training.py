@@ -107,13 +107,15 @@ def test_clustering_heads_show_their_clusters_once_the_decoder_must_read_y(clust
     # of each batch from y alone (z = 0, style_drop), which trains the head itself.
     x, y = clusters(3000, n_classes=4, separation=3.0)
     judge = LogisticRegression(max_iter=2000).fit(x[:2000].numpy(), y[:2000].numpy())
-    distinct = {}
-    for setting in ({"y_scale": 1.0}, {"y_scale": 5.0}, {"style_drop": 0.25}):
+    settings = ({"y_scale": 1.0}, {"y_scale": 5.0}, {"style_drop": 0.25})
+    distinct = []
+    for setting in settings:
         model = model_for("clustering", n_clusters=4, z_dim=2, z_prior_std=5.0, **setting)
         train(model, x[:2000], steps=750)
         assert normalized_mutual_info_score(y[2000:], model.cluster(x[2000:])) > 0.8, setting
-        distinct[str(setting)] = len(set(judge.predict(model.decoded_heads().numpy())))
-    assert list(distinct.values())[0] <= 2 and min(list(distinct.values())[1:]) >= 3, distinct
+        distinct.append(len(set(judge.predict(model.decoded_heads().numpy()))))
+    plain, *made_to_read_y = distinct
+    assert plain <= 2 and min(made_to_read_y) >= 3, list(zip(settings, distinct, strict=True))
 
 
 def test_dim_reduction_pushes_cluster_heads_eta_apart(clusters, train) -> None:
