@@ -299,6 +299,10 @@ def _print_summary(config: Config, run: RunDir, metrics: dict[str, Any]) -> None
     for key, label, percent_per_unit in HEADLINES:
         if metrics.get(key) is not None:
             console.print(f"[bold]{label}: {metrics[key] * percent_per_unit:.2f}%[/bold]")
+    from pipeline.stages.evaluate import heads_warning  # torch: loaded only once there are results
+
+    if warning := heads_warning(metrics):
+        console.print(f"[bold yellow]{warning}[/bold yellow]")
     track = run.read_manifest().get("stages", {}).get("track", {}).get("outputs", {})
     if track.get("wandb_sync"):
         console.print(f"W&B run saved offline; upload it with: {track['wandb_sync']}")

@@ -8,8 +8,9 @@ from pipeline.config import config_to_yaml, list_experiments, load_config
 from pipeline.errors import UserError
 
 PAPER_EXPERIMENTS = {
-    "unsup-gaussian", "unsup-mixture", "vae-gaussian", "vae-mixture", "labelreg-mixture", "labelreg-swissroll",
-    "supervised", "semisup", "cluster16", "cluster30", "dimred-2d", "dimred-2d-unsup", "dimred-10d",
+    "unsup-gaussian", "unsup-gaussian-8d", "unsup-mixture", "vae-gaussian", "vae-mixture", "labelreg-mixture",
+    "labelreg-swissroll", "supervised", "semisup", "cluster16", "cluster30", "dimred-2d", "dimred-2d-unsup",
+    "dimred-10d",
 }
 
 

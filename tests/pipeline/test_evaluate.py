@@ -15,7 +15,7 @@ from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import UserError
 from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import CONFIG_FILE, RunDir
-from pipeline.stages.evaluate import Inputs, cluster_heads, evaluate, style_grid
+from pipeline.stages.evaluate import Inputs, cluster_heads, evaluate, heads_warning, style_grid
 from pipeline.stages.trained import load_eval_split, load_trained_model
 from tests.conftest import tiny_overrides
 
@@ -169,6 +169,9 @@ def test_cluster_heads_are_read_as_their_clusters_digit_only_when_the_decoder_re
     ignores = cluster_heads(Inputs(config, _HeadsModel(test.x, test.y, reads_y=False), test)).metrics
     assert obeys == {"test/heads_read_as_cluster": 100.0, "test/distinct_heads": 10}
     assert ignores["test/heads_read_as_cluster"] <= 20 and ignores["test/distinct_heads"] == 1
+    assert heads_warning(obeys) is None and heads_warning({"test/error": 3.0}) is None
+    warning = heads_warning(ignores)
+    assert warning is not None and "distinct digits among them: 1" in warning and "model.params.style_drop" in warning
 
 
 @pytest.mark.parametrize(
