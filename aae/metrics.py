@@ -184,6 +184,21 @@ def gaussian_fit(codes: ArrayLike, prior_std: float, prior_mean: float = 0.0) ->
                                     / torch.linalg.matrix_norm(target))}
 
 
+def gaussian_covariance_parts(codes: ArrayLike, prior_std: float) -> dict[str, float]:
+    """Where gaussian_fit's covariance error comes from: its diagonal part (each dimension's spread against σ²)
+    and its off-diagonal part (correlations between dimensions), both relative to ||σ²I|| so that their squares
+    add up to code_cov_error's square, and the largest |correlation| between two dimensions."""
+    z = _as_float64_matrix(codes) / prior_std
+    cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])
+    eye = torch.eye(len(cov), dtype=cov.dtype)
+    diagonal = torch.diag(torch.diag(cov))
+    scale = torch.linalg.matrix_norm(eye)
+    corr = cov / torch.sqrt(torch.outer(torch.diag(cov), torch.diag(cov)))
+    return {"code_cov_diagonal": float(torch.linalg.matrix_norm(diagonal - eye) / scale),
+            "code_cov_off_diagonal": float(torch.linalg.matrix_norm(cov - diagonal) / scale),
+            "code_largest_correlation": float((corr - eye).abs().max())}
+
+
 def components_fit(component: ArrayLike, on_prior: ArrayLike, n_components: int, labels: ArrayLike | None = None,
                    min_share: float = USED_SHARE) -> dict[str, float]:
     """For codes located on a prior with components (its `locate`): how many components hold at least

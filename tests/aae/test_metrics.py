@@ -14,6 +14,7 @@ from aae.metrics import (
     cluster_error_majority,
     clustering_report,
     components_fit,
+    gaussian_covariance_parts,
     gaussian_fit,
     majority_cluster_labels,
     nmi,
@@ -187,6 +188,21 @@ def test_gaussian_fit_is_near_zero_for_prior_draws_and_names_a_wrong_scale_or_of
     assert narrow["code_cov_error"] == pytest.approx(0.36, abs=0.03)
     shifted = gaussian_fit(z + torch.tensor([2.5] + [0.0] * 7), prior_std=5.0)
     assert shifted["code_mean_error"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_gaussian_covariance_parts_separate_a_wrong_spread_from_correlated_dimensions():
+    z = 5 * torch.randn(20000, 8, generator=torch.Generator().manual_seed(0))
+    narrow = gaussian_covariance_parts(0.8 * z, prior_std=5.0)  # every variance 0.64x, no correlation
+    assert narrow["code_cov_diagonal"] == pytest.approx(0.36, abs=0.03)
+    assert narrow["code_cov_off_diagonal"] < 0.05 and narrow["code_largest_correlation"] < 0.05
+    mixed = z.clone()
+    mixed[:, 1] = 0.6 * z[:, 0] + 0.8 * z[:, 1]  # same variance, correlation 0.6 between dimensions 0 and 1
+    parts = gaussian_covariance_parts(mixed, prior_std=5.0)
+    assert parts["code_largest_correlation"] == pytest.approx(0.6, abs=0.03)
+    assert parts["code_cov_diagonal"] < 0.05 < parts["code_cov_off_diagonal"]
+    # The two parts make up gaussian_fit's covariance error.
+    total = gaussian_fit(mixed, prior_std=5.0)["code_cov_error"]
+    assert parts["code_cov_diagonal"] ** 2 + parts["code_cov_off_diagonal"] ** 2 == pytest.approx(total ** 2)
 
 
 def test_components_fit_by_hand():
