@@ -62,12 +62,28 @@ def per_class_error(pred: ArrayLike, labels: ArrayLike, n_classes: int) -> list[
 # --- clustering ---------------------------------------------------------------------------------------
 
 
-def paper_cluster_labels(train_probs: ArrayLike, train_labels: ArrayLike) -> np.ndarray:
-    """The paper's rule: cluster i takes the label of the training x_n that maximises q(y_i | x_n)."""
-    probs = _to_numpy(train_probs)
-    if probs.ndim != 2:
-        raise ValueError(f"expected cluster probabilities (N, K), got shape {probs.shape}")
-    return _int_labels(train_labels)[probs.argmax(axis=0)]
+def category_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """log(q_i / (1 - q_i)) of q = softmax(logits), computed from the logits as l_i - logsumexp_{j != i} l_j.
+
+    It orders the examples as q(y_i | x) does where float32 probabilities cannot: a softmax rounds to exactly 1.0
+    once one logit leads the others by about 17, so a confident model ties thousands of examples at q = 1.
+    """
+    k = logits.shape[1]
+    own = torch.eye(k, dtype=torch.bool, device=logits.device)
+    others = logits.unsqueeze(1).expand(-1, k, -1).masked_fill(own, -math.inf)
+    return logits - torch.logsumexp(others, dim=2)
+
+
+def paper_cluster_labels(train_scores: ArrayLike, train_labels: ArrayLike) -> np.ndarray:
+    """The paper's rule: cluster i takes the label of the training x_n that maximises q(y_i | x_n).
+
+    train_scores: (N, K) q(y|x) or any per-category score in the same order; pass `category_log_odds`, since
+    saturated probabilities tie and the first of the tied examples would decide the cluster's label.
+    """
+    scores = _to_numpy(train_scores)
+    if scores.ndim != 2:
+        raise ValueError(f"expected per-cluster scores (N, K), got shape {scores.shape}")
+    return _int_labels(train_labels)[scores.argmax(axis=0)]
 
 
 def majority_cluster_labels(
@@ -92,10 +108,10 @@ def cluster_error(test_probs: ArrayLike, cluster_to_label: ArrayLike, test_label
 
 
 def paper_cluster_error(
-    train_probs: ArrayLike, train_labels: ArrayLike, test_probs: ArrayLike, test_labels: ArrayLike
+    train_scores: ArrayLike, train_labels: ArrayLike, test_probs: ArrayLike, test_labels: ArrayLike
 ) -> float:
     """The paper's unsupervised clustering error % on the test set (labels from `paper_cluster_labels`)."""
-    return cluster_error(test_probs, paper_cluster_labels(train_probs, train_labels), test_labels)
+    return cluster_error(test_probs, paper_cluster_labels(train_scores, train_labels), test_labels)
 
 
 def cluster_error_majority(
@@ -127,12 +143,13 @@ def ari(probs_or_assignments: ArrayLike, labels: ArrayLike) -> float:
 
 
 def clustering_report(
-    train_probs: ArrayLike, train_labels: ArrayLike, test_probs: ArrayLike, test_labels: ArrayLike
+    train_scores: ArrayLike, train_labels: ArrayLike, test_probs: ArrayLike, test_labels: ArrayLike
 ) -> dict[str, float]:
-    """Test-set cluster_error (paper's rule, %), cluster_error_majority (%), nmi and ari."""
+    """Test-set cluster_error (paper's rule, %), cluster_error_majority (%), nmi and ari; train_scores as for
+    `paper_cluster_labels` (each training example's cluster is its argmax)."""
     return {
-        "cluster_error": paper_cluster_error(train_probs, train_labels, test_probs, test_labels),
-        "cluster_error_majority": cluster_error_majority(train_probs, train_labels, test_probs, test_labels),
+        "cluster_error": paper_cluster_error(train_scores, train_labels, test_probs, test_labels),
+        "cluster_error_majority": cluster_error_majority(train_scores, train_labels, test_probs, test_labels),
         "nmi": nmi(test_probs, test_labels),
         "ari": ari(test_probs, test_labels),
     }

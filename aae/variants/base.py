@@ -135,6 +135,11 @@ class AAEModel(nn.Module):
         """Class probabilities q(y|x); only variants with a categorical head have one."""
         raise NotImplementedError(f"{type(self).__name__} has no categorical head")
 
+    def category_log_odds(self, x: Tensor) -> Tensor:
+        """log(q / (1 - q)) of each category's q(y|x), from the logits: it orders confident examples where q,
+        rounded to 1.0 in float32, ties them (aae.metrics.category_log_odds)."""
+        raise NotImplementedError(f"{type(self).__name__} has no categorical head")
+
     def style(self, x: Tensor) -> tuple[Tensor, float] | None:
         """The style codes of x and the std of their Gaussian prior (for the spread diagnostic); None for
         models whose code has no Gaussian prior."""

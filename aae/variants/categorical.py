@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from aae.batch import Batch
+from aae.metrics import category_log_odds
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase, supervised_phase
 from aae.priors import CategoricalPrior, GaussianPrior
@@ -140,6 +141,10 @@ class CategoricalAAE(AAEModel):
     def classify(self, x: Tensor) -> Tensor:
         """q(y|x): class (or cluster) probabilities."""
         return self.infer(x).logits.softmax(1)
+
+    def category_log_odds(self, x: Tensor) -> Tensor:
+        """log(q / (1 - q)) of each category's q(y|x), computed from the logits (no saturation at q = 1)."""
+        return category_log_odds(self.infer(x).logits)
 
     def cluster(self, x: Tensor) -> Tensor:
         """The category index of each row: argmax q(y|x)."""

@@ -34,9 +34,9 @@ PARZEN_OFF_NOTE = ("not measured (evaluate.parzen is false): a Parzen window ove
 
 @dataclass
 class Inputs:
-    """What every evaluation reads: the config, the trained model and the test split. The training split and the
-    model's q(y|x) on either split are computed once, by the first evaluation that asks (classification or
-    clustering, the collapse diagnostics and the cluster heads all read them)."""
+    """What every evaluation reads: the config, the trained model and the test split. The training split, the
+    model's q(y|x) on the test split and its log-odds on the training split are computed once, by the first
+    evaluation that asks (classification or clustering, the collapse diagnostics and the cluster heads read them)."""
 
     config: Config
     model: AAEModel
@@ -53,9 +53,10 @@ class Inputs:
         return batched(self.model.classify, self.test.x)
 
     @cached_property
-    def train_probs(self) -> torch.Tensor:
-        """q(y|x) on the training split (models with a y head)."""
-        return batched(self.model.classify, self.train.x)
+    def train_log_odds(self) -> torch.Tensor:
+        """log(q / (1 - q)) of q(y|x) on the training split (models with a y head), for the paper's cluster
+        labels: unlike q in float32 it does not saturate, so the most confident example is not a tie."""
+        return batched(self.model.category_log_odds, self.train.x)
 
 
 @dataclass
@@ -108,10 +109,10 @@ def classification(inputs: Inputs) -> Outcome:
 def clustering(inputs: Inputs) -> Outcome:
     """The paper's cluster error (each cluster takes the label of its most confident training example), the
     majority-vote error, NMI and ARI; per-class errors under the paper's mapping as a table."""
-    train, train_probs = inputs.train, inputs.train_probs
+    train, train_log_odds = inputs.train, inputs.train_log_odds
     test_probs = inputs.test_probs
-    report = m.clustering_report(train_probs, train.y, test_probs, inputs.test.y)
-    mapping = m.paper_cluster_labels(train_probs, train.y)
+    report = m.clustering_report(train_log_odds, train.y, test_probs, inputs.test.y)
+    mapping = m.paper_cluster_labels(train_log_odds, train.y)
     predicted = mapping[test_probs.argmax(1).numpy()]
     return Outcome({f"test/{k}": v for k, v in report.items()},
                    {"per_class_error": _per_class_table(predicted, inputs.test.y)})
@@ -161,7 +162,7 @@ def cluster_heads(inputs: Inputs) -> Outcome:
     numbers: the share a reference classifier reads as the digit their cluster stands for (the paper's
     mapping, as in test/cluster_error), and how many different digits they show. 100% and every class when y
     sets the digit; one digit, right for about one cluster in ten, when the decoder ignores y."""
-    stands_for = m.paper_cluster_labels(inputs.train_probs, inputs.train.y)
+    stands_for = m.paper_cluster_labels(inputs.train_log_odds, inputs.train.y)
     judge = reference_judge(inputs.config, inputs.train)
     with torch.no_grad():
         read = judge(inputs.model.decoded_heads().cpu()).argmax(1).numpy()

@@ -9,6 +9,7 @@ import torch
 from aae.metrics import (
     PARZEN_SIGMAS,
     ari,
+    category_log_odds,
     classification_error,
     cluster_error,
     cluster_error_majority,
@@ -46,6 +47,24 @@ def test_paper_rule_labels_each_cluster_by_its_most_confident_training_example()
     # Majority: cluster 0 votes {1, 0, 0} -> 0; cluster 1 {1} -> 1; cluster 2 {2, 2} -> 2.
     assert paper_cluster_labels(TRAIN_PROBS, TRAIN_LABELS).tolist() == [1, 1, 2]
     assert majority_cluster_labels(TRAIN_PROBS.argmax(1), TRAIN_LABELS, 3).tolist() == [0, 1, 2]
+
+
+def test_log_odds_break_the_ties_of_saturated_probabilities():
+    # Cluster 0's logit leads by 30 for x_0 (label 3) and by 60 for x_1 (label 5): in float32 both softmax
+    # probabilities are exactly 1.0, so argmax over q picks x_0, the first of the tie; the log-odds keep the
+    # order and give x_1's label, the paper's rule in exact arithmetic.
+    logits = torch.tensor([[30.0, 0.0, 0.0], [60.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = np.array([3, 5, 1, 2])
+    probs = logits.softmax(1)
+    assert probs[0, 0] == probs[1, 0] == 1.0
+    assert paper_cluster_labels(probs, labels).tolist()[0] == 3
+    log_odds = category_log_odds(logits)
+    assert paper_cluster_labels(log_odds, labels).tolist() == [5, 1, 2]
+    # Where float32 is exact it is log(q / (1 - q)), and its argmax over categories is q's.
+    moderate = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.5, -0.5]])
+    q = moderate.double().softmax(1)
+    assert torch.allclose(category_log_odds(moderate).double(), (q / (1 - q)).log(), atol=1e-5)
+    assert category_log_odds(moderate).argmax(1).tolist() == q.argmax(1).tolist()
 
 
 def test_paper_and_majority_cluster_errors_differ_as_computed_by_hand():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from aae.metrics import PARZEN_SIGMAS
+from aae.metrics import PARZEN_SIGMAS, category_log_odds
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import UserError
 from pipeline.loop import WorkerContext, train_loop
@@ -157,6 +157,9 @@ class _HeadsModel:
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(-torch.cdist(x, self.exemplars), dim=1)
+
+    def category_log_odds(self, x: torch.Tensor) -> torch.Tensor:
+        return category_log_odds(-torch.cdist(x, self.exemplars))
 
     def decoded_heads(self) -> torch.Tensor:
         return self.exemplars if self.reads_y else self.exemplars[:1].expand(10, -1)
