@@ -71,22 +71,21 @@ def main() -> None:
     if args.experiment == "table":
         print(table(), end="")
         return
-    if args.experiment == "record":  # a run made elsewhere, e.g. by reproduce.py through the CLI
+    # record: a run made elsewhere (e.g. by reproduce.py through the CLI), with the scores it has; rescore: a kept
+    # run scored again by today's evaluate stage (after a metric was fixed).
+    if args.experiment in ("record", "rescore"):
         if not args.keep or not args.record_as:
-            parser.error("record needs --keep RUN_DIR and --record-as EXPERIMENT")
-        row = record(args.record_as, RunDir(args.keep), args.overrides, args.note, results=args.results)
-        print(json.dumps({key: row[key] for key in SHOWN if key in row}))
-        return
-    if args.epochs is None:
-        parser.error("--epochs is required to train or rescore")
-    if args.experiment == "rescore":  # a kept run scored again by today's evaluate stage (a metric was fixed)
-        if not args.keep or not args.record_as:
-            parser.error("rescore needs --keep RUN_DIR, --record-as EXPERIMENT and the run's --set overrides")
-        config = fidelity_config(args.record_as, args.epochs, args.overrides)
-        test = evaluate(config, RunDir(args.keep))["metrics"]
+            parser.error(f"{args.experiment} needs --keep RUN_DIR and --record-as EXPERIMENT")
+        test = None
+        if args.experiment == "rescore":
+            if args.epochs is None:
+                parser.error("rescore needs the run's --epochs (and its --set overrides)")
+            test = evaluate(fidelity_config(args.record_as, args.epochs, args.overrides), RunDir(args.keep))["metrics"]
         row = record(args.record_as, RunDir(args.keep), args.overrides, args.note, test, results=args.results)
         print(json.dumps({key: row[key] for key in SHOWN if key in row}))
         return
+    if args.epochs is None:
+        parser.error("--epochs is required to train")
     torch.set_num_threads(args.threads)
     row = fidelity_run(args.experiment, args.epochs, args.overrides, args.note, args.keep,
                        device=args.device, minutes=args.minutes, results=args.results,
