@@ -260,13 +260,24 @@ def test_workers_that_would_not_fit_in_memory_are_refused(monkeypatch) -> None:
 
 
 def start_run(run_dir: Path, dataset: dict[str, str], *args: str, env: dict[str, str]) -> subprocess.Popen:
-    """`aae-pipeline run` in its own process group, as a terminal would start it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", *args, "--run-dir", str(run_dir),
-         *sets(dataset, "tracking.wandb=disabled")],
-        cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
+    """`aae-pipeline run` in its own process group, as a terminal would start it.
+
+    A shell without job control starts background commands with SIGINT ignored, and a child inherits that, so
+    pytest launched that way (`.ci/run &` in a script) would start a driver deaf to Ctrl-C. Handled signals are
+    reset to their default by exec, so catching SIGINT here while the child starts gives it a terminal's."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", *args, "--run-dir", str(run_dir),
+             *sets(dataset, "tracking.wandb=disabled")],
+            cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def wait_for_epochs(run_dir: Path, process: subprocess.Popen, count: int = 1, timeout_s: float = 300) -> None:
