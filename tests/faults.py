@@ -1,10 +1,12 @@
-"""Test-only fault injection: `python -m tests.faults EPOCH:STEP:RANK <aae-pipeline arguments>`.
+"""Test-only fault injection: `python -m tests.faults FAULT <aae-pipeline arguments>`.
 
-Runs the real command line with one change: the Ray Train worker function SIGKILLs its own process once, at
-step STEP of epoch EPOCH (both 0-based) on rank RANK, leaving `fault-injected.txt` in the run directory so the
-restarted worker group does not die again. Nothing in pipeline/ knows about it: the driver swaps in the killing
-worker function before the TorchTrainer is built, and Ray pickles it by value (this file runs as __main__), so
-workers on other nodes need no copy of the tests.
+Runs the real command line with one change, made once: `fault-injected.txt` in the run directory marks it done,
+so the restarted training does not fail again. Nothing in pipeline/ knows about it.
+- FAULT = EPOCH:STEP:RANK: the Ray Train worker function SIGKILLs its own process at step STEP of epoch EPOCH
+  (both 0-based) on rank RANK. The driver swaps in the killing worker function before the TorchTrainer is built,
+  and Ray pickles it by value (this file runs as __main__), so workers on other nodes need no copy of the tests.
+- FAULT = controller:EPOCH: Ray Train's controller raises after the workers report epoch EPOCH (1-based, as in
+  metrics.jsonl), through a callback given to the TorchTrainer, which runs inside the controller.
 """
 
 from __future__ import annotations
@@ -48,13 +50,38 @@ def killing_worker(epoch: int, step: int, rank: int) -> Any:
     return train_worker
 
 
+def failing_controller(epoch: int, fit: Any) -> Any:
+    """pipeline.ray.trainer.fit, but its controller raises once, after the report of `epoch`."""
+    from ray.train import UserCallback
+
+    class FailingCallback(UserCallback):
+        def __init__(self, marker: str) -> None:
+            self.marker = marker
+
+        def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+            from pathlib import Path
+
+            if metrics[0].get("epoch") == epoch and not Path(self.marker).exists():
+                Path(self.marker).write_text(f"the controller failed after epoch {epoch}\n")
+                raise RuntimeError("injected controller fault")
+
+    def failing_fit(config: Any, run: Any, plan: Any, name: str = "train", callbacks: list | None = None) -> None:
+        fit(config, run, plan, name, [*(callbacks or []), FailingCallback(str(run.path.resolve() / MARKER))])
+
+    return failing_fit
+
+
 def main(argv: list[str]) -> None:
-    """Install the killing worker for argv[0] = EPOCH:STEP:RANK and run the CLI on the remaining arguments."""
+    """Install the fault argv[0] names (EPOCH:STEP:RANK or controller:EPOCH) and run the CLI on the rest."""
     from pipeline import cli
     from pipeline.ray import trainer
 
-    epoch, step, rank = (int(part) for part in argv[0].split(":"))
-    trainer.train_worker = killing_worker(epoch, step, rank)
+    kind, _, epoch = argv[0].partition(":")
+    if kind == "controller":
+        trainer.fit = failing_controller(int(epoch), trainer.fit)
+    else:
+        epoch, step, rank = (int(part) for part in argv[0].split(":"))
+        trainer.train_worker = killing_worker(epoch, step, rank)
     sys.argv = ["aae-pipeline", *argv[1:]]
     cli.main()
 

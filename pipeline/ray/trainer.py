@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
-from ray.train import TrainingFailedError
+from ray.train import ControllerError, TrainingFailedError
 
 from pipeline.config import Config
 from pipeline.errors import UserError
@@ -100,6 +101,9 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
     )
     try:
         _fit_interruptibly(trainer)
+    except ControllerError as err:
+        # Ray's message puts the controller's own error on a second line, which a one-line report drops.
+        raise ControllerFailed(err.controller_failure, controller_log_errors()) from err
     except TrainingFailedError as err:
         cause = worker_cause(err)
         if isinstance(cause, UserError):
@@ -168,6 +172,46 @@ class WorkerFailed(RuntimeError):
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
         super().__init__(f"a training worker failed: {type(cause).__name__}: {_first_line(cause)}")
+
+
+class ControllerFailed(RuntimeError):
+    """Ray Train's controller (not the training code) failed: its own error first, then the errors it logged."""
+
+    def __init__(self, cause: BaseException, controller_log: str = "") -> None:
+        self.cause = cause
+        super().__init__(
+            f"Ray Train's controller failed: {type(cause).__name__}: {_first_line(cause) or repr(cause)}"
+            + (f"\n\nErrors in the controller's log:\n{controller_log}" if controller_log else "")
+        )
+
+
+def controller_log_errors(limit: int = 20_000) -> str:
+    """The warnings and errors (with their tracebacks) in this Ray session's Train controller logs, on this node.
+
+    Where the controller's exception is the only clue (it crosses the actor boundary without its traceback),
+    the log it wrote is kept beside it in the run's error log. Best effort: '' where nothing can be read."""
+    try:
+        import ray
+
+        session = Path(ray._private.worker._global_node.get_session_dir_path())  # no public API names it
+    except Exception:  # not connected, or a Ray without this private attribute
+        return ""
+    lines = []
+    for path in sorted(session.glob("logs/train/ray-train-sys-controller-*.log")):
+        try:
+            records = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for text in records:
+            try:
+                record = json.loads(text)
+            except ValueError:
+                continue
+            if record.get("levelname") in ("WARNING", "ERROR", "CRITICAL"):
+                lines.append(f"{record.get('asctime', '')} {record['levelname']} {record.get('message', '')}")
+                if record.get("exc_text"):
+                    lines.append(record["exc_text"])
+    return "\n".join(lines)[-limit:]
 
 
 def worker_cause(err: BaseException) -> BaseException | None:

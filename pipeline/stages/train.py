@@ -10,6 +10,7 @@ from pipeline.errors import UserError
 from pipeline.loop import optim_config
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import nodes, trainer
+from pipeline.ray.cluster import WorkerResources
 from pipeline.rundir import DIVERGED, RunDir
 
 
@@ -48,7 +49,7 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     printer = EpochPrinter(run.metrics_path, config.train.epochs)
     printer.start()
     try:
-        trainer.fit(config, run, plan)
+        fit_again_after_controller_failures(config, run, plan)
     finally:
         printer.stop()
     rows = run.read_metrics()
@@ -74,6 +75,28 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
             f"checkpoint so far is evaluated. To train further, lower the learning rates: {advice}[/bold yellow]"
         )
     return outputs
+
+
+def fit_again_after_controller_failures(config: Config, run: RunDir, plan: WorkerResources) -> None:
+    """trainer.fit, started again from the last checkpoint when Ray Train's own controller fails, up to
+    `run.max_failures` times (the budget Ray gives failed workers).
+
+    Such a failure is Ray's, not the model's, and the checkpoints are intact, so the user would only re-run the
+    command. Each one's error and the controller's log go to logs/train-controller-failure-N.log."""
+    for attempt in range(1, config.run.max_failures + 2):
+        try:
+            trainer.fit(config, run, plan)
+            return
+        except trainer.ControllerFailed as failure:
+            if attempt > config.run.max_failures:
+                raise
+            log = run.path / "logs" / f"train-controller-failure-{attempt}.log"
+            log.parent.mkdir(exist_ok=True)
+            log.write_text(f"{failure}\n")
+            console.print(
+                f"[bold yellow]warning: {str(failure).splitlines()[0]} (details in {log}); training continues "
+                f"from the last checkpoint (restart {attempt} of at most {config.run.max_failures})[/bold yellow]"
+            )
 
 
 def degeneracy_warning(config: Config, final: dict[str, Any]) -> str | None:

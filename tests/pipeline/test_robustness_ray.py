@@ -46,6 +46,11 @@ def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+def stage_error_logs(runs: Path, limit: int = 6000) -> str:
+    """The stages' error logs under `runs`, for a failure message (the tmp dirs they name are gone after CI)."""
+    return "".join(f"\n--- {log}\n{log.read_text()[-limit:]}" for log in sorted(runs.glob("*/logs/*-error.log")))
+
+
 def sessions(ray_tmp: Path) -> list[str]:
     return sorted(path.name for path in (ray_tmp / "ray").glob("session_2*"))
 
@@ -101,7 +106,7 @@ def test_two_runs_started_at_once_both_finish_in_their_own_directories(synthetic
              for cmd in commands]
     outputs = [proc.communicate(timeout=600) for proc in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err[-3000:]
+        assert proc.returncode == 0, err[-3000:] + stage_error_logs(tmp_path / "runs")
     run_dirs = sorted((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 2
     seeds = sorted(manifest(run_dir)["config"]["train"]["seed"] for run_dir in run_dirs)
@@ -357,3 +362,46 @@ def test_a_workers_user_error_reaches_the_terminal_as_one_line(synthetic_dataset
     assert result.returncode == 2, result.stderr[-3000:]
     [line] = result.stderr.strip().splitlines()
     assert "train.parquet" in line and "rebuild it with" in line
+
+
+CONTROLLER_FAILURE = """
+import sys
+from pathlib import Path
+
+from ray.train import UserCallback
+
+from pipeline.config import load_config
+from pipeline.ray import cluster, trainer
+from pipeline.rundir import RunDir
+
+
+class RefusingCallback(UserCallback):  # runs inside Ray Train's controller, so its error is the controller's
+    def after_report(self, run_context, metrics, checkpoint):
+        raise ValueError("the controller's own error")
+
+
+config = load_config("semisup", sys.argv[2:])
+run = RunDir(Path(sys.argv[1]))
+run.path.mkdir()
+plan = trainer.worker_plan(config)
+cluster.connect(None, plan)
+try:
+    trainer.fit(config, run, plan, callbacks=[RefusingCallback()])
+except trainer.ControllerFailed as err:
+    print(err)
+"""
+
+
+@pytest.mark.slow
+def test_a_controller_failure_names_the_controllers_own_error_and_keeps_its_log(
+        synthetic_dataset, tmp_path, ray_tmp) -> None:
+    # Ray's ControllerError puts the cause on its second line; the one-line report used to end at the colon.
+    overrides = [*sets(synthetic_dataset, "tracking.wandb=disabled", "train.epochs=1")][1::2]
+    result = subprocess.run([sys.executable, "-c", CONTROLLER_FAILURE, str(tmp_path / "run"), *overrides],
+                            cwd=tmp_path, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, *rest = result.stdout.strip().splitlines()
+    assert first == "Ray Train's controller failed: ValueError: the controller's own error"
+    # What the controller logged (Ray writes it under the session directory, which a user seldom finds).
+    assert any("Traceback" in line for line in rest) and any("after_report" in line for line in rest)

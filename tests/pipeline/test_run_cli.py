@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cli_command(*args: str, fault: str | None = None) -> list[str]:
     """The command line of `aae-pipeline ARGS`; with fault="EPOCH:STEP:RANK", one training worker is killed
-    there once (tests/faults.py)."""
+    there once, with fault="controller:EPOCH" Ray Train's controller fails once after that epoch (tests/faults.py)."""
     return [sys.executable, "-m", "pipeline.cli", *args] if fault is None else \
         [sys.executable, "-m", "tests.faults", fault, *args]
 
@@ -103,6 +103,29 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(synthetic_dataset, 
     assert "epoch   3/3" in result.stdout
     log = (run_dir / "run.log").read_text()
     assert "epoch   3/3" in log and "\x1b[" not in log  # the run's log holds what was printed, uncoloured
+
+
+@pytest.mark.slow
+def test_a_failed_ray_train_controller_is_restarted_from_the_checkpoint(synthetic_dataset, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_semisup(synthetic_dataset, run_dir, "--epochs", "3", fault="controller:1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "fault-injected.txt").exists()
+    assert epochs_logged(run_dir) == [1, 2, 3]  # epoch 1 was kept, not trained again
+    assert "training continues from the last checkpoint (restart 1 of at most 2)" in result.stdout
+    assert "injected controller fault" in (run_dir / "logs" / "train-controller-failure-1.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_controller_that_keeps_failing_fails_the_run_once_its_restarts_are_spent(synthetic_dataset,
+                                                                                  tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_semisup(synthetic_dataset, run_dir, "--epochs", "2", overrides=("run.max_failures=0",),
+                         fault="controller:1")
+    assert result.returncode == 1
+    assert "Ray Train's controller failed: RuntimeError: injected controller fault" in result.stderr
+    assert "train-error.log" in result.stderr and "Traceback" not in result.stderr
+    assert epochs_logged(run_dir) == [1]
 
 
 @pytest.mark.slow
