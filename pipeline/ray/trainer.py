@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,12 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
+    started = time.time()
     try:
         _fit_interruptibly(trainer)
     except ControllerError as err:
         # Ray's message puts the controller's own error on a second line, which a one-line report drops.
-        raise ControllerFailed(err.controller_failure, controller_log_errors()) from err
+        raise ControllerFailed(err.controller_failure, controller_log_errors(since=started)) from err
     except TrainingFailedError as err:
         cause = worker_cause(err)
         if isinstance(cause, UserError):
@@ -185,8 +187,9 @@ class ControllerFailed(RuntimeError):
         )
 
 
-def controller_log_errors(limit: int = 20_000) -> str:
-    """The warnings and errors (with their tracebacks) in this Ray session's Train controller logs, on this node.
+def controller_log_errors(since: float = 0.0, limit: int = 20_000) -> str:
+    """The warnings and errors (with their tracebacks) in this Ray session's Train controller logs on this node,
+    of the controllers that wrote after `since` (a time.time(); each fit starts a controller with its own log).
 
     Where the controller's exception is the only clue (it crosses the actor boundary without its traceback),
     the log it wrote is kept beside it in the run's error log. Best effort: '' where nothing can be read."""
@@ -199,6 +202,8 @@ def controller_log_errors(limit: int = 20_000) -> str:
     lines = []
     for path in sorted(session.glob("logs/train/ray-train-sys-controller-*.log")):
         try:
+            if path.stat().st_mtime < since:
+                continue
             records = path.read_text(errors="replace").splitlines()
         except OSError:
             continue

@@ -11,7 +11,7 @@ from pipeline.loop import optim_config
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import nodes, trainer
 from pipeline.ray.cluster import WorkerResources
-from pipeline.rundir import DIVERGED, RunDir
+from pipeline.rundir import DIVERGED, RunDir, atomic_write_text
 
 
 def divergence_advice(config: Config, phases: set[str]) -> str:
@@ -92,7 +92,7 @@ def fit_again_after_controller_failures(config: Config, run: RunDir, plan: Worke
                 raise
             log = run.path / "logs" / f"train-controller-failure-{attempt}.log"
             log.parent.mkdir(exist_ok=True)
-            log.write_text(f"{failure}\n")
+            atomic_write_text(log, f"{failure}\n")
             console.print(
                 f"[bold yellow]warning: {str(failure).splitlines()[0]} (details in {log}); training continues "
                 f"from the last checkpoint (restart {attempt} of at most {config.run.max_failures})[/bold yellow]"
