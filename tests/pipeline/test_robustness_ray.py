@@ -23,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.ray import cluster
 from pipeline.ray.nodes import worker_records
 from pipeline.rundir import RunDir, driving
+from tests.conftest import tiny_overrides
 from tests.pipeline.test_run_cli import epochs_logged, run_cli, sets
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -396,7 +397,7 @@ except trainer.ControllerFailed as err:
 def test_a_controller_failure_names_the_controllers_own_error_and_keeps_its_log(
         synthetic_dataset, tmp_path, ray_tmp) -> None:
     # Ray's ControllerError puts the cause on its second line; the one-line report used to end at the colon.
-    overrides = [*sets(synthetic_dataset, "tracking.wandb=disabled", "train.epochs=1")][1::2]
+    overrides = tiny_overrides(synthetic_dataset, "data.labels=100", "tracking.wandb=disabled", "train.epochs=1")
     result = subprocess.run([sys.executable, "-c", CONTROLLER_FAILURE, str(tmp_path / "run"), *overrides],
                             cwd=tmp_path, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
                             capture_output=True, text=True, timeout=600)

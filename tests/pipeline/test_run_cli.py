@@ -117,7 +117,7 @@ def test_a_failed_ray_train_controller_is_restarted_from_the_checkpoint(syntheti
 
 
 @pytest.mark.slow
-def test_a_controller_that_keeps_failing_fails_the_run_once_its_restarts_are_spent(synthetic_dataset,
+def test_a_controller_failure_with_no_restarts_left_fails_the_run_naming_its_cause(synthetic_dataset,
                                                                                   tmp_path) -> None:
     run_dir = tmp_path / "run"
     result = run_semisup(synthetic_dataset, run_dir, "--epochs", "2", overrides=("run.max_failures=0",),
@@ -125,7 +125,9 @@ def test_a_controller_that_keeps_failing_fails_the_run_once_its_restarts_are_spe
     assert result.returncode == 1
     assert "Ray Train's controller failed: RuntimeError: injected controller fault" in result.stderr
     assert "train-error.log" in result.stderr and "Traceback" not in result.stderr
-    assert epochs_logged(run_dir) == [1]
+    # No restart. (How many epochs the worker finished before the controller's error stopped it is a race.)
+    assert "training continues" not in result.stdout
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]["status"] == "failed"
 
 
 @pytest.mark.slow
