@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.errors import Interrupted, StageError, UserError
+from pipeline.errors import Interrupted, StageError, UserError, command
 
 app = typer.Typer(
     name="aae-pipeline",
@@ -37,10 +39,21 @@ def data_prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid copy exists.")] = False,
 ) -> None:
     """Turn a dataset into verified Parquet files under the data directory."""
-    from pipeline.data import dataset_summary, prepare_dataset  # imported here so `--help` stays fast
+    # imported here so `--help` stays fast
+    from pipeline.data import changed_since_prepared, dataset_summary, is_prepared, prepare_dataset
 
+    kept = not force and is_prepared(source, data_dir=data_dir)
     prepare_dataset(source, data_dir=data_dir, force=force)
-    typer.echo(f"prepared {dataset_summary(source, data_dir=data_dir)}")
+    if not kept:
+        typer.echo(f"prepared {dataset_summary(source, data_dir=data_dir)}")
+        return
+    typer.echo(f"already prepared (checksums verified): {dataset_summary(source, data_dir=data_dir)}")
+    changed = changed_since_prepared(source, data_dir=data_dir)
+    if changed:
+        again = command("aae-pipeline data prepare", shlex.quote(source), "--force",
+                        *(["--data-dir", data_dir] if data_dir else []))
+        typer.echo(f"note: {changed} since this copy was made; the copy was kept as it was. To rebuild it from the "
+                   f"files now there: {again}")
 
 
 WandbOption = Annotated[
@@ -112,7 +125,7 @@ def run(
         "tracking.wandb": wandb,
     }
     config, run_directory = resolve_run(experiment, overrides or [], flags, run_dir, resume)
-    run_experiment(config, run_directory, from_stage=from_stage, force=force)
+    run_experiment(config, run_directory, from_stage=from_stage, force=force, command_line=_command_line())
 
 
 @app.command("eval")
@@ -124,7 +137,7 @@ def evaluate(
     """Run evaluate → visualize → track on an existing run."""
     from pipeline.run import evaluate_existing
 
-    evaluate_existing(run_dir, wandb=wandb, force=force)
+    evaluate_existing(run_dir, wandb=wandb, force=force, command_line=_command_line())
 
 
 @app.command("report")
@@ -133,6 +146,90 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="One or more run 
     from pipeline.report import print_report
 
     print_report(run_dirs)
+
+
+RunOrFolder = Annotated[Path, typer.Argument(help="A run directory, or a model folder `export` wrote.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+
+
+@app.command("predict")
+def predict(
+    run_dir: RunOrFolder,
+    data: Annotated[str, typer.Option(
+        "--data", help="mnist | svhn | idx:/dir | svhn:/dir (a split of it, see --split), or an .npy / .npz / "
+                       "Parquet file of images (uint8, or floats in [0, 1]).")],
+    out: Annotated[Path, typer.Option("--out", help="The Parquet file to write (with workers: a folder of shards).")],
+    split: Annotated[str | None, typer.Option("--split", help="train | validation | test (default) of a dataset.")]
+    = None,
+    data_dir: DataDirOption = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Score through Ray Data with this many model actors (default with --address: 2).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="A Ray cluster to score on (host:port).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="GPUs per model actor.")] = 0.0,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")] = None,
+    force: ForceOption = False,
+) -> None:
+    """Apply a trained model to every image: one row each, with every output the model has, as Parquet."""
+    from pipeline.predict import PredictRequest
+    from pipeline.predict import predict as score
+
+    for name, value in (("--workers", workers), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1 (got {value})", "pass a positive number")
+    request = PredictRequest(run=run_dir, data=data, out=out, split=split, data_dir=data_dir, force=force,
+                             batch_size=batch_size)
+    summary = score(request, workers=workers, address=address, gpus_per_worker=gpus_per_worker)
+    where = f"{summary['shards']} shards on {summary['nodes']} node(s) in" if "shards" in summary else "to"
+    typer.echo(f"wrote {summary['rows']:,} rows {where} {summary['out']} ({summary['images_per_s']} images/s)")
+
+
+@app.command("sample")
+def sample(
+    run_dir: RunOrFolder,
+    out: Annotated[Path, typer.Option("--out", help="A .png picture grid or an .npy array of the images.")],
+    n: Annotated[int, typer.Option("--n", help="How many images.")] = 64,
+    label: Annotated[int | None, typer.Option(
+        "--label", help="The class or cluster every sample shows (models that can be told one).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="The same seed draws the same images.")] = 0,
+    force: ForceOption = False,
+) -> None:
+    """Draw images from a trained model's prior."""
+    import io
+
+    import numpy as np
+
+    from pipeline.inference import load_run
+    from pipeline.rundir import atomic_write_bytes
+
+    out = out.expanduser()
+    if out.suffix.lower() not in (".png", ".npy"):
+        raise UserError(f"--out {out} is neither .png nor .npy", "name a .png (a picture grid) or an .npy file")
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists", "pick another --out, or pass --force to replace it")
+    images = load_run(run_dir).sample(n, label, seed)
+    if out.suffix.lower() == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, images, allow_pickle=False)
+        atomic_write_bytes(out, buffer.getvalue())
+    else:
+        from pipeline.stages.visualize import save_image_grid
+
+        save_image_grid(images, out)
+    typer.echo(f"wrote {n} samples{f' of label {label}' if label is not None else ''} to {out}")
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a trained checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", help="The model folder to write.")],
+    force: ForceOption = False,
+) -> None:
+    """Write a run's model as a self-contained folder: config.json, model.safetensors and a model card."""
+    from pipeline.export import export_run
+
+    folder = export_run(run_dir, out, force=force)
+    typer.echo(f"exported {run_dir} to {folder}; load it with: from pipeline import load_run; "
+               f"load_run({str(folder)!r})")
 
 
 @app.command("tune")
@@ -194,12 +291,36 @@ def tune(
         tracking = [f"tracking.wandb={wandb}"] if wandb else []
         result = start_sweep(experiment, options, [*(overrides or []), *tracking], space, epochs, sweep_dir)
     if result.status != "done":  # interrupted: the resume command is printed; failed: every trial errored
-        raise typer.Exit(130 if result.status == "interrupted" else 1)
+        from pipeline.signals import exit_code_for_interruption
+
+        raise typer.Exit(exit_code_for_interruption() if result.status == "interrupted" else 1)
+
+
+def _command_line() -> str:
+    """This command as typed (quoted for a shell), for the run's record."""
+    return shlex.join(["aae-pipeline", *sys.argv[1:]])
+
+
+def _check_utf8(arguments: list[str]) -> None:
+    """Refuse an argument that is not UTF-8 (Python keeps its bytes as surrogates, which Ray, YAML and W&B reject
+    deep inside a run)."""
+    for argument in arguments:
+        raw = os.fsencode(argument)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            shown = raw.decode("utf-8", "backslashreplace")
+            raise UserError(f"the argument '{shown}' is not UTF-8 text (byte {raw[err.start]:#04x})",
+                            "give paths and values in UTF-8 (rename a directory whose name is not)") from None
 
 
 def main() -> None:
     """Console-script entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
+    from pipeline.signals import Terminated, stop_on_sigterm
+
+    stop_on_sigterm()
     try:
+        _check_utf8(sys.argv[1:])
         # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
         code = app(standalone_mode=False)
     except UserError as err:
@@ -210,10 +331,10 @@ def main() -> None:
         sys.exit(1)
     except Interrupted as err:
         print(str(err), file=sys.stderr)
-        sys.exit(130)
-    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(err.exit_code)
+    except (typer.Abort, KeyboardInterrupt) as err:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.TyperException as err:  # usage errors (unknown command, bad option) in standalone_mode=False

@@ -201,6 +201,27 @@ def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
+def flat_config(config: Config | dict[str, Any]) -> dict[str, Any]:
+    """Every leaf of a config (or of its dump) as a dotted key (model.params included) → its value."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value
+
+    walk("", config if isinstance(config, dict) else config.model_dump(mode="json"))
+    return flat
+
+
+def config_changes(old: Config | dict[str, Any], new: Config | dict[str, Any]) -> list[str]:
+    """The dotted keys whose value differs between two configs."""
+    before, after = flat_config(old), flat_config(new)
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
 def _check_model_params(config: Config) -> None:
     """Let the aae variant's own typed config reject unknown or ill-typed parameters now, before Ray starts."""
     from aae.variants import VARIANTS, build_model, variant_class

@@ -4,7 +4,6 @@ validation, checkpoints. It knows nothing of Ray; the runner passes in rank, wor
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import time
@@ -28,14 +27,20 @@ from aae.metrics import (
 from aae.optim import OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
+from pipeline.checkpoints import (
+    checkpoint_bytes,
+    epoch_checkpoints,
+    read_checkpoint,
+    reconcile_metrics,
+    write_checkpoint,
+)
 from pipeline.config import Config
 from pipeline.cuda_graphs import CapturedSteps
 from pipeline.data import load_label_split, load_split
 from pipeline.data.labels import balanced_subset
-from pipeline.rundir import DIVERGED, RunDir, atomic_write_bytes
+from pipeline.rundir import DIVERGED, RunDir
 
 ReportFn = Callable[[dict[str, float]], None]
-CHECKPOINTS_KEPT = 2
 
 
 @dataclass
@@ -130,7 +135,13 @@ def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn
     model = build_training_model(config, data).to(ctx.device)
     if ctx.world > 1:
         model.grad_sync = average_gradients
-    start_epoch, best = restore_latest_checkpoint(model, run, ctx.device)
+    start_epoch, best = restore_latest_checkpoint(model, run, config, ctx.device)
+    if start_epoch and ctx.rank == 0:
+        unlogged = reconcile_metrics(run)
+        # Checkpointed before the process stopped but never reported. Reported here only where this process is
+        # the only worker: Ray Train waits for a report from every rank, and only rank 0 knows of this row.
+        if unlogged is not None and report is not None and ctx.world == 1:
+            report(unlogged)
     captured = captured_steps(model, data, config, ctx) if graphs else None
     last: dict[str, float] = {}
     for epoch in range(start_epoch, config.train.epochs):
@@ -315,35 +326,23 @@ def validation_metric(metrics: dict[str, float]) -> tuple[str, float]:
 
 
 def save_checkpoint(model: AAEModel, run: RunDir, epoch: int, metrics: dict[str, float], best: float) -> float:
-    """Write epoch-NNNN.pt atomically (model, optimisers, schedulers, epoch), prune old ones, keep the best."""
-    state = {"epoch": epoch, "training_state": model.training_state(), "metrics": metrics}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    atomic_write_bytes(run.checkpoint_dir / f"epoch-{epoch + 1:04d}.pt", payload)
-    for old in sorted(run.checkpoint_dir.glob("epoch-*.pt"))[:-CHECKPOINTS_KEPT]:
-        old.unlink(missing_ok=True)
+    """Checkpoint epoch `epoch` (0-based): model, optimisers, schedules and its metrics row; returns the best
+    validation value so far (this epoch's when it is the best, which then becomes best.pt too)."""
     _, value = validation_metric(metrics)
-    if value <= best:
-        atomic_write_bytes(run.best_checkpoint, payload)
-        best = value
-    return best
+    write_checkpoint(run, checkpoint_bytes(model.training_state(), epoch, metrics), epoch, best=value <= best)
+    return min(value, best)
 
 
-def restore_latest_checkpoint(model: AAEModel, run: RunDir, device: torch.device) -> tuple[int, float]:
-    """Load the newest epoch checkpoint, if any; returns (next epoch, best validation value so far)."""
-    candidates = sorted(run.checkpoint_dir.glob("epoch-*.pt"))
-    if not candidates:
+def restore_latest_checkpoint(model: AAEModel, run: RunDir, config: Config, device: torch.device
+                              ) -> tuple[int, float]:
+    """Load the newest epoch checkpoint, if any, with the config's optimiser settings (a resume may change
+    them); returns (next epoch, best validation value so far)."""
+    checkpoints = epoch_checkpoints(run)
+    if not checkpoints:
         return 0, float("inf")
-    state = torch.load(candidates[-1], map_location=device, weights_only=True)
-    model.load_training_state(state["training_state"])
+    state = read_checkpoint(checkpoints[-1], map_location=device)
+    model.load_training_state(state["training_state"], optim_config(config))
     best = float("inf")
-    if (run.best_checkpoint).exists():
-        best_state = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
-        best = validation_metric(best_state["metrics"])[1]
+    if run.best_checkpoint.exists():
+        best = validation_metric(read_checkpoint(run.best_checkpoint)["metrics"])[1]
     return state["epoch"] + 1, best
-
-
-def checkpoint_payload(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)

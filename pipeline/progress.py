@@ -7,6 +7,8 @@ import json
 import re
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -116,3 +118,18 @@ def summary_table(title: str, metrics: dict[str, float]) -> Table:
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     return table
+
+
+@contextmanager
+def rows_progress(total: int, what: str, at_least: int = 20_000) -> Iterator[Callable[[int], None]]:
+    """A progress bar over `total` rows on a terminal (for inputs of `at_least` rows); silent elsewhere. Yields
+    the function that advances it."""
+    if total < at_least or not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda done: progress.advance(task, done)

@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, command
 from pipeline.plans import plan_for
 from pipeline.progress import console
 from pipeline.rundir import CONFIG_FILE, RunDir
@@ -99,7 +99,7 @@ class RunResult:
     epochs: str  # epochs trained, and the epoch of the evaluated (best) checkpoint
 
 
-def load_run(path: Path) -> RunResult:
+def read_run_result(path: Path) -> RunResult:
     """A run directory's config and evaluation; a path that is neither is a UserError that says what to do."""
     if not (path / CONFIG_FILE).is_file():
         raise UserError(f"{path} is not a run directory (no {CONFIG_FILE})",
@@ -107,11 +107,24 @@ def load_run(path: Path) -> RunResult:
     run = RunDir(path)
     evaluation = read_evaluation(run)
     if evaluation is None:
-        raise UserError(f"{path} has not been evaluated (no {EVALUATION_FILE})", f"run `aae-pipeline eval {path}`")
+        raise UserError(f"{path} has not been evaluated (no {EVALUATION_FILE})",
+                        f"run `{command('aae-pipeline eval', path)}`")
     trained = len(run.read_metrics())
     best = evaluation.get("checkpoint", {}).get("epoch")
     epochs = f"{trained} (best {best})" if best is not None else str(trained)
     return RunResult(run.path.name, load_config(str(path / CONFIG_FILE)), evaluation["metrics"], epochs)
+
+
+def beside_the_paper(config: Config, metrics: dict[str, Any]) -> list[tuple[str, str, float | None, str]]:
+    """For each paper table a run of this config belongs in: (the table's title, its metric, the run's number,
+    the paper's AAE number for the run's setting, "—" where the paper reports none)."""
+    rows = []
+    for table in PAPER_TABLES:
+        setting = table.setting(config) if table.name in plan_for(config.model.variant).paper_tables else None
+        if setting is not None:
+            paper = table.paper.get(setting, ("—",) * len(table.methods))[-1]  # the AAE column comes last
+            rows.append((f"{table.title.split(' (')[0]}, {setting}", table.metric, metrics.get(table.metric), paper))
+    return rows
 
 
 def paper_table(table: PaperTable, runs: list[RunResult]) -> Table:
@@ -150,7 +163,7 @@ def _number(value: float | None) -> str:
 
 def print_report(run_dirs: list[Path]) -> None:
     """Print each of the paper's tables with these runs' numbers placed in the rows their configs belong to."""
-    runs = [load_run(Path(path)) for path in run_dirs]
+    runs = [read_run_result(Path(path)) for path in run_dirs]
     for table in PAPER_TABLES:
         console.print(paper_table(table, runs))
         console.print()

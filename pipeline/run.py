@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, config_to_yaml, load_config
-from pipeline.errors import Interrupted, StageError, UserError
+from pipeline.checkpoints import check_for_evaluation, check_for_training, latest_epoch
+from pipeline.config import Config, config_changes, config_to_yaml, flat_config, load_config
+from pipeline.errors import Interrupted, StageError, UserError, command
 from pipeline.progress import console, log_to, summary_table
 from pipeline.rundir import CONFIG_FILE, RunDir, atomic_write_text, driving, new_run_dir, sha256_file
+from pipeline.signals import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated
 from pipeline.stages import EVALUATION_FILE, FIGURE_DIR, StageFn
 from pipeline.tracking import settle_tracking
 
@@ -134,19 +136,41 @@ def find_previous_run(config: Config, root: Path = RUNS_ROOT) -> RunDir | None:
     return None
 
 
+# What a resume may change: how training goes on from the checkpoint (its length and optimiser schedule), where
+# and how it runs, and what is evaluated and tracked; not the model, its data, its seed or its optimiser kind,
+# which the checkpoints were made with.
+RESUMABLE = ("description", "train.epochs", "train.lr", "train.momentum", "train.clip_grad_norm",
+             "train.decay_epochs", "train.decay_factor", "run", "evaluate", "tracking", "data.data_dir")
+
+
 def _resume(path: Path, overrides: list[str], flags: dict[str, Any]) -> tuple[Config, RunDir]:
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"{path} is not a run directory (no {CONFIG_FILE})", "pass the directory a run created")
     # Overrides on resume apply on top of the saved config (e.g. a larger --epochs to train further).
-    return load_config(str(config_file), overrides, flags), RunDir(path)
+    saved = load_config(str(config_file))
+    config = load_config(str(config_file), overrides, flags)
+    refused = [key for key in config_changes(saved, config)
+               if not any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE)]
+    if refused:
+        old, new = flat_config(saved), flat_config(config)
+        shown = ", ".join(f"{key} ({old.get(key, 'unset')} → {new.get(key, 'unset')})" for key in refused[:3])
+        may = ", ".join(key if key in old else f"{key}.*" for key in RESUMABLE if key != "description")
+        raise UserError(
+            f"--resume cannot change {shown}: this run's checkpoints were made with the saved "
+            f"value{'s' if len(refused) > 1 else ''}",
+            f"resume without {'those overrides' if len(refused) > 1 else 'that override'}, or train a new run with "
+            f"{'them' if len(refused) > 1 else 'it'} (a new --run-dir); a resume may change {may}",
+        )
+    return config, RunDir(path)
 
 
 def run_experiment(
     config: Config, run: RunDir, from_stage: str | None = None, force: bool = False,
-    stages: tuple[str, ...] = STAGE_NAMES,
+    stages: tuple[str, ...] = STAGE_NAMES, command_line: str | None = None,
 ) -> dict[str, Any]:
-    """Run the chain (skipping stages whose inputs are unchanged); returns the manifest's metrics."""
+    """Run the chain (skipping stages whose inputs are unchanged); returns the manifest's metrics. The command
+    line that asked for it, if given, joins the manifest's `commands` (an exported model's card shows them)."""
     redo_from = _stage_index(from_stage) if from_stage else len(STAGES)
     wanted = [(stage, force or index >= redo_from) for index, stage in enumerate(STAGES) if stage.name in stages]
     requested = config  # what config.yaml keeps: a later re-run decides W&B's mode afresh
@@ -165,14 +189,19 @@ def run_experiment(
         connect_ray(config)
     with driving(run) as run:  # a new run's directory is created here, under a name no concurrent run took
         if work_to_do and not connected:  # after the lock: a directory another process drives is said at once
+            _check_checkpoints(run, wanted)  # a damaged checkpoint is said before Ray takes a minute to start
             connect_ray(config)  # and before anything is written
         log_to(run.path / LOG_FILE)
-        _say_if_died(run)
+        if "train" in stages:  # `eval` has said so already, in its own words
+            _say_if_died(run)
+        _record_config_change(run, requested)
         atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(requested))
         run.update_manifest(
             experiment=config.experiment, run_key=run_key(config), config=requested.model_dump(mode="json"),
             driver={"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
+        if command_line:
+            run.update_manifest(commands=[*run.read_manifest().get("commands", []), command_line])
         console.print(f"run directory: {run.path}")
         if work_to_do and config.run.address:
             from pipeline.ray.nodes import check_shared
@@ -186,11 +215,27 @@ def run_experiment(
                 continue
             try:
                 _run_stage(stage, config, run, digest, redo)
-            except KeyboardInterrupt:
-                raise Interrupted(_interrupted_message(stage.name, run)) from None
+            except KeyboardInterrupt as stop:
+                terminated = isinstance(stop, Terminated)
+                raise Interrupted(_interrupted_message(stage.name, run, terminated),
+                                  TERMINATED_EXIT if terminated else INTERRUPTED_EXIT) from None
         metrics = run.read_manifest()["metrics"]
         _print_summary(config, run, metrics)
     return metrics
+
+
+def _record_config_change(run: RunDir, config: Config) -> None:
+    """Keep, in the manifest, what a resume changed and after which epoch: config.yaml then holds the new values,
+    and this says that the epochs before were trained with the old ones."""
+    manifest = run.read_manifest()
+    if manifest.get("config") is None:
+        return
+    before, after = flat_config(manifest["config"]), flat_config(config)
+    changed = {key: [before.get(key), after.get(key)] for key in config_changes(manifest["config"], config)
+               if not key.startswith("tracking.")}
+    if changed:
+        entry = {"after_epoch": latest_epoch(run), "changed": changed}
+        run.update_manifest(config_changes=[*manifest.get("config_changes", []), entry])
 
 
 def connect_ray(config: Config) -> None:
@@ -198,6 +243,16 @@ def connect_ray(config: Config) -> None:
     from pipeline.ray import cluster, trainer
 
     cluster.connect(config.run.address, trainer.worker_plan(config))
+
+
+def _check_checkpoints(run: RunDir, wanted: list[tuple[Stage, bool]]) -> None:
+    """The checkpoints the stages about to run will read must be readable: training continues from the last
+    epoch's (unless it is redone), the later stages read best.pt."""
+    redo = {stage.name: again for stage, again in wanted}
+    if "train" in redo and not redo["train"]:
+        check_for_training(run)
+    elif "evaluate" in redo:
+        check_for_evaluation(run, required=False)
 
 
 def _say_if_died(run: RunDir) -> None:
@@ -211,24 +266,35 @@ def _say_if_died(run: RunDir) -> None:
         )
 
 
-def _interrupted_message(stage: str, run: RunDir) -> str:
-    """What a Ctrl-C left: the stage it stopped, what is kept, and the command that continues."""
+def _interrupted_message(stage: str, run: RunDir, terminated: bool = False) -> str:
+    """What a Ctrl-C (or SIGTERM) left: the stage it stopped, what is kept, and the command that continues."""
     epochs = [int(row["epoch"]) for row in run.read_metrics() if "epoch" in row]
     kept = f"checkpoints up to epoch {max(epochs)}" if epochs else "no checkpoint yet"
     done = [name for name, record in run.read_manifest().get("stages", {}).items() if record.get("status") == "done"]
     finished = f"finished stages ({', '.join(done)}) and " if done else ""
     return (
-        f"interrupted during {stage}; kept {finished}{kept} in {run.path}. "
-        f"Continue with: aae-pipeline run --resume {run.path}"
+        f"interrupted{' (SIGTERM)' if terminated else ''} during {stage}; kept {finished}{kept} in {run.path}. "
+        f"Continue with: {command('aae-pipeline run --resume', run.path)}"
     )
 
 
-def evaluate_existing(run_dir: Path, wandb: str | None = None, force: bool = False) -> dict[str, Any]:
+def evaluate_existing(run_dir: Path, wandb: str | None = None, force: bool = False,
+                      command_line: str | None = None) -> dict[str, Any]:
     """`aae-pipeline eval RUN_DIR`: evaluate → visualize → track on a trained run."""
     config, run = _resume(run_dir, [], {"tracking.wandb": wandb})
     if not (run.best_checkpoint).exists():
-        raise UserError(f"{run_dir} has no trained checkpoint", f"train it first: aae-pipeline run --resume {run_dir}")
-    return run_experiment(config, run, force=force, stages=("evaluate", "visualize", "track"))
+        raise UserError(f"{run_dir} has no trained checkpoint",
+                        f"train it first: {command('aae-pipeline run --resume', run_dir)}")
+    train = run.read_manifest().get("stages", {}).get("train", {})
+    if train.get("status") != "done":
+        epochs = [int(row["epoch"]) for row in run.read_metrics()]
+        console.print(
+            f"[bold yellow]warning: training of this run did not finish ({train.get('status', 'not recorded')} "
+            f"after epoch {max(epochs, default=0)} of {config.train.epochs}); evaluating its best checkpoint so far. "
+            f"Finish it with: {command('aae-pipeline run --resume', run.path)}[/bold yellow]"
+        )
+    return run_experiment(config, run, force=force, stages=("evaluate", "visualize", "track"),
+                          command_line=command_line)
 
 
 def _stage_index(name: str) -> int:
@@ -281,24 +347,26 @@ def _execute(stage: Stage, config: Config, run: RunDir) -> dict[str, Any]:
     return run_as_task(stage.load(), config, run)
 
 
-# The numbers printed under the summary table: the paper's errors, and its figures as numbers (metric,
-# label, factor to a percentage).
+# The numbers printed under the summary table: the paper's errors, and its figures as numbers (metric, label,
+# factor to a percentage, and what the number means where it is not plain).
 HEADLINES = (
-    ("test/error", "test error", 1), ("test/cluster_error", "test cluster error", 1),
-    ("test/dimred_error", "dimensionality-reduction error", 1),
-    ("test/style_grid_accuracy", "style-grid cells read as their column's class", 1),
-    ("test/heads_read_as_cluster", "cluster heads read as their cluster's digit", 1),
-    ("test/codes_on_prior", "test codes on the prior", 100),
-    ("test/codes_on_own_component", "test codes on their own class's component", 100),
+    ("test/error", "test error", 1, ""), ("test/cluster_error", "test cluster error", 1, ""),
+    ("test/dimred_error", "dimensionality-reduction error", 1, ""),
+    ("test/style_grid_accuracy", "style-grid cells drawn as their column's class", 1,
+     " (style_grid.png; 100%: the label sets the digit and the style code the rest; about 10%: the decoder ignores "
+     "the label and redraws each row's own digit in every column)"),
+    ("test/heads_read_as_cluster", "cluster heads read as their cluster's digit", 1, ""),
+    ("test/codes_on_prior", "test codes on the prior", 100, ""),
+    ("test/codes_on_own_component", "test codes on their own class's component", 100, ""),
 )
 
 
 def _print_summary(config: Config, run: RunDir, metrics: dict[str, Any]) -> None:
     shown = {key: value for key, value in metrics.items() if key.startswith(("test/", "val/")) or key == "epoch"}
     console.print(summary_table(f"{config.experiment}: results", shown or metrics))
-    for key, label, percent_per_unit in HEADLINES:
+    for key, label, percent_per_unit, meaning in HEADLINES:
         if metrics.get(key) is not None:
-            console.print(f"[bold]{label}: {metrics[key] * percent_per_unit:.2f}%[/bold]")
+            console.print(f"[bold]{label}: {metrics[key] * percent_per_unit:.2f}%[/bold]{meaning}")
     from pipeline.stages.evaluate import heads_warning  # torch: loaded only once there are results
 
     if warning := heads_warning(metrics):

@@ -28,11 +28,22 @@ DIVERGED = "diverged"  # key of the metrics row written when non-finite losses s
 LOCK_FILE = ".driver.lock"  # held (flock) by the process driving the run; the kernel drops it when that dies
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# mkstemp makes its files private (0600); a finished file gets the permissions any new file would.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -178,15 +189,16 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The per-epoch metric rows training wrote, oldest first (a divergence mark is not an epoch)."""
-        return [row for row in self._metric_rows() if DIVERGED not in row]
+        return [row for row in self.metric_rows() if DIVERGED not in row]
 
     def divergence(self) -> dict[str, Any] | None:
         """The row that stopped training on non-finite losses ({"diverged": epoch, "losses": {...}}), if the
         last training attempt ended that way; None otherwise (a resumed run that went on has epoch rows after)."""
-        rows = self._metric_rows()
+        rows = self.metric_rows()
         return rows[-1] if rows and DIVERGED in rows[-1] else None
 
-    def _metric_rows(self) -> list[dict[str, Any]]:
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """Every row of metrics.jsonl, divergence marks included."""
         # metrics.jsonl is training's one channel back to the driver: an epoch row per finished epoch, and
         # a divergence row when non-finite losses stopped it. JSON lines; a torn last line is ignored.
         if not self.metrics_path.exists():
@@ -208,7 +220,17 @@ def driving(run: RunDir) -> Iterator[RunDir]:
         run = RunDir(claim_dir(run.path))
     else:
         run.path.mkdir(parents=True, exist_ok=True)
-    with (run.path / LOCK_FILE).open("a+") as lock:
+    with holding(run.path, "wait for it to finish, or give this run its own --run-dir"):
+        mark_dead_stages(run)
+        yield run
+
+
+@contextmanager
+def holding(directory: Path, fix: str) -> Iterator[None]:
+    """Hold an existing directory for this process (a run's or a sweep's) while the block runs; a directory a live
+    process holds is refused in one line ending with `fix`. The kernel drops the lock of a process that dies, so
+    a killed driver never leaves its directory locked."""
+    with (directory / LOCK_FILE).open("a+") as lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,15 +238,27 @@ def driving(run: RunDir) -> Iterator[RunDir]:
                 lock.seek(0)
                 holder = lock.read().strip() or "another process"
                 raise UserError(
-                    f"{run.path} is in use by another aae-pipeline process ({holder})",
-                    "wait for it to finish, or give this run its own --run-dir",
+                    f"{directory} is in use by another aae-pipeline process ({holder})",
+                    fix,
                 ) from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
-        mark_dead_stages(run)
-        yield run
+        yield
+
+
+def holder(directory: Path) -> str | None:
+    """Who holds the directory (e.g. "pid 4242 on host") if a live process does, without taking it; else None."""
+    path = directory / LOCK_FILE
+    if fcntl is None or not path.exists():
+        return None
+    with path.open("r") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or "another process"
+    return None
 
 
 def mark_dead_stages(run: RunDir) -> list[str]:

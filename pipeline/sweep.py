@@ -13,17 +13,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, config_to_yaml, load_config
-from pipeline.errors import StageError, UserError
+from pipeline.errors import StageError, UserError, command
 from pipeline.progress import console
 from pipeline.ray import cluster, nodes, tuner
-from pipeline.rundir import CONFIG_FILE, atomic_write_bytes, atomic_write_text, new_run_dir
+from pipeline.rundir import CONFIG_FILE, atomic_write_bytes, atomic_write_text, claim_dir, holder, holding, new_run_dir
 from pipeline.search_space import (
     SearchSpace,
     check_search_fits,
@@ -34,6 +37,7 @@ from pipeline.search_space import (
     load_search_space,
     parse_search_space,
 )
+from pipeline.signals import sigterm_stops_tune
 
 SWEEP_FILE, BASE_FILE, TRIALS_FILE, BEST_FILE = "sweep.json", "base.yaml", "trials.parquet", "best.yaml"
 SCHEDULERS = ("asha", "fifo")
@@ -91,22 +95,64 @@ def start_sweep(
     space = load_search_space(space_path or default_space_path(load_config(experiment, overrides, flags)))
     check_search_fits(space, options.search)
     base = check_trial_configs(space, experiment, overrides, flags)
-    path = sweep_dir.resolve() if sweep_dir is not None else new_run_dir(base.experiment, Path("sweeps"))
-    if (path / SWEEP_FILE).exists():
-        raise UserError(f"{path} already holds a sweep", "pick a new --sweep-dir, or continue it with --resume")
     if options.samples is None:
         options = replace(options, samples=1 if options.search == "grid" else DEFAULT_SAMPLES)
     metric = sweep_metric(base)
-    # An unreachable cluster fails here, before any file is written.
-    setup, options = _connect(path, base, space, options, metric)
-    from pipeline.tracking import settle_tracking
+    fresh = sweep_dir is None
+    path = new_run_dir(base.experiment, Path("sweeps")) if fresh else sweep_dir.resolve()
+    _refuse_a_used_dir(path)
+    plan, options = _connect(base, options)  # an unreachable or too small cluster fails here, before any file
+    with _sweep_dir_held(path, fresh) as path:
+        setup = _trial_setup(path, space, plan, metric)
+        from pipeline.tracking import settle_tracking
 
-    base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
-    _open_sweep_dir(path, base, space, options, metric)
-    _check_nodes_see(path, options)
+        base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
+        _open_sweep_dir(path, base, space, options, metric)
+        _check_nodes_see(path, options)
 
-    _fit(tuner.new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures), path)
-    return finish_sweep(path)
+        _fit(tuner.new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures),
+             path)
+        return finish_sweep(path)
+
+
+_IN_USE_FIX = "wait for it to finish, or give this sweep its own --sweep-dir"
+
+
+def _refuse_a_used_dir(path: Path) -> None:
+    """Refuse, before Ray starts, a directory that another process holds or that holds a sweep already (both are
+    checked again once this process holds it)."""
+    held_by = holder(path)
+    if held_by is not None:
+        raise UserError(f"{path} is in use by another aae-pipeline process ({held_by})", _IN_USE_FIX)
+    _refuse_a_sweep_in(path)
+
+
+def _refuse_a_sweep_in(path: Path) -> None:
+    if (path / SWEEP_FILE).exists():
+        raise UserError(f"{path} already holds a sweep", "pick a new --sweep-dir, or continue it with --resume")
+
+
+@contextmanager
+def _sweep_dir_held(path: Path, fresh: bool) -> Iterator[Path]:
+    """The sweep directory, created if need be (under a free name if `fresh`) and held by this process while the
+    sweep runs: a second sweep into it is refused in one line. A directory made here is removed again if the
+    sweep stops before writing sweep.json."""
+    if fresh:
+        path, created = claim_dir(path), True
+    else:
+        try:
+            path.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+    try:
+        with holding(path, _IN_USE_FIX):
+            _refuse_a_sweep_in(path)  # one may have started here while this process was getting ready
+            yield path
+    except BaseException:
+        if created and not (path / SWEEP_FILE).exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _open_sweep_dir(path: Path, base: Config, space: SearchSpace, options: SweepOptions, metric: str) -> None:
@@ -132,22 +178,24 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
     """Continue an interrupted sweep with Tune's restore: finished trials stay, the others carry on."""
     path = sweep_dir.resolve()
     manifest = read_sweep_manifest(path)
-    space = parse_search_space(manifest["space"], manifest["space_file"])
-    options = SweepOptions(**{**manifest["options"], "address": address or manifest["options"]["address"]})
-    base = load_config(str(path / BASE_FILE), [], {"run.address": options.address})
-    setup, _ = _connect(path, base, space, options, manifest["metric"])
-    from pipeline.tracking import settle_tracking
+    with holding(path, "wait for it to finish: that process is running this sweep already"):
+        space = parse_search_space(manifest["space"], manifest["space_file"])
+        options = SweepOptions(**{**manifest["options"], "address": address or manifest["options"]["address"]})
+        base = load_config(str(path / BASE_FILE), [], {"run.address": options.address})
+        plan, _ = _connect(base, options)
+        setup = _trial_setup(path, space, plan, manifest["metric"])
+        from pipeline.tracking import settle_tracking
 
-    tracking = settle_tracking(base, path / "trials" / "*", path).tracking
-    if tracking != base.tracking:  # the trials read base.yaml, so the mode settled now goes there
-        settled = load_config(str(path / BASE_FILE), [], {"tracking.wandb": tracking.wandb})
-        atomic_write_text(path / BASE_FILE, config_to_yaml(settled))
-    _write_manifest(path, {**manifest, "status": "running"})
-    _check_nodes_see(path, options)
-    console.print(f"resuming sweep {path}")
+        tracking = settle_tracking(base, path / "trials" / "*", path).tracking
+        if tracking != base.tracking:  # the trials read base.yaml, so the mode settled now goes there
+            settled = load_config(str(path / BASE_FILE), [], {"tracking.wandb": tracking.wandb})
+            atomic_write_text(path / BASE_FILE, config_to_yaml(settled))
+        _write_manifest(path, {**manifest, "status": "running"})
+        _check_nodes_see(path, options)
+        console.print(f"resuming sweep {path}")
 
-    _fit(tuner.restore_tuner(setup), path)
-    return finish_sweep(path)
+        _fit(tuner.restore_tuner(setup), path)
+        return finish_sweep(path)
 
 
 def _fit(ray_tuner: Any, path: Path) -> None:
@@ -158,7 +206,8 @@ def _fit(ray_tuner: Any, path: Path) -> None:
         with warnings.catch_warnings():
             # ASHA takes percentiles over results that include a diverged trial's inf; numpy warns each time.
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
-            ray_tuner.fit()
+            with sigterm_stops_tune():
+                ray_tuner.fit()
     except TuneError as err:
         log_path = path / "logs" / "tune-error.log"
         log_path.parent.mkdir(exist_ok=True)
@@ -201,11 +250,9 @@ def _check_nodes_see(path: Path, options: SweepOptions) -> None:
         nodes.check_shared(path, "sweep directory")
 
 
-def _connect(
-    path: Path, base: Config, space: SearchSpace, options: SweepOptions, metric: str
-) -> tuple[Any, SweepOptions]:
-    """Start or join Ray sized for the concurrent trials; returns the trials' setup and the completed options."""
-
+def _connect(base: Config, options: SweepOptions) -> tuple[cluster.WorkerResources, SweepOptions]:
+    """Start or join Ray sized for the concurrent trials; returns one trial's workers (their threads set) and the
+    options with the number of concurrent trials filled in."""
     wpt, local = options.workers_per_trial, not options.address
     plan = cluster.plan_resources(wpt, base.run.gpus_per_worker, base.run.cpus_per_worker, local=local)
     cores = os.cpu_count() or 1
@@ -219,11 +266,14 @@ def _connect(
         cluster.connect(options.address, plan)
         concurrent = options.max_concurrent or cluster.trials_that_fit(plan)
         threads = plan.threads
-    setup = tuner.TrialSetup(
-        sweep_dir=str(path.resolve()), base_config=str(path.resolve() / BASE_FILE), sweep_name=path.name, space=space,
-        plan=replace(plan, threads=threads), threads=threads, metric=metric,
+    return replace(plan, threads=threads), replace(options, max_concurrent=concurrent)
+
+
+def _trial_setup(path: Path, space: SearchSpace, plan: cluster.WorkerResources, metric: str) -> tuner.TrialSetup:
+    return tuner.TrialSetup(
+        sweep_dir=str(path), base_config=str(path / BASE_FILE), sweep_name=path.name, space=space, plan=plan,
+        metric=metric,
     )
-    return setup, replace(options, max_concurrent=concurrent)
 
 
 def finish_sweep(path: Path) -> SweepResult:
@@ -248,12 +298,12 @@ def finish_sweep(path: Path) -> SweepResult:
     console.print(trials_table(manifest["experiment"], metric, rows, space, best))
     _track_summary(path, metric, rows, best)
     if status == "interrupted":
-        console.print(f"sweep interrupted; continue it with: aae-pipeline tune --resume {path}")
+        console.print(f"sweep interrupted; continue it with: {command('aae-pipeline tune --resume', path)}")
     elif status == "failed":
         console.print(f"every trial failed; their errors are under {path / 'ray'}")
     elif best is not None:
         console.print(f"best: trial {best['trial_id']} {metric} {best['final']:.5g}; config: {path / BEST_FILE}")
-        console.print(f"train it again with: aae-pipeline run {path / BEST_FILE}")
+        console.print(f"train it again with: {command('aae-pipeline run', path / BEST_FILE)}")
     return SweepResult(path=path, status=status, metric=metric, rows=rows, best=best)
 
 

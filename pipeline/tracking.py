@@ -43,6 +43,7 @@ import hashlib
 import netrc
 import os
 import re
+import shlex
 import threading
 import urllib.error
 import urllib.request
@@ -170,8 +171,15 @@ def host_problem(url: str, timeout: float = PROBE_SECONDS) -> str | None:
 
 
 def sync_command(*run_dirs: Path | str) -> str:
-    """The `wandb sync` line that uploads the offline runs under these run directories (shell globs allowed)."""
-    return "wandb sync -n 1 " + " ".join(f"{path}/{WANDB_DIR}/offline-run-*" for path in run_dirs)  # -n 1: in order
+    """The `wandb sync` line that uploads the offline runs under these run directories, ready to paste into a
+    shell: each directory quoted (`trials/*` in a sweep's stays a glob), the offline-run-* glob left to expand."""
+    quoted = [shlex.quote(str(path)) if "*" not in str(path) else _quote_all_but_glob(str(path)) for path in run_dirs]
+    return "wandb sync -n 1 " + " ".join(f"{path}/{WANDB_DIR}/offline-run-*" for path in quoted)  # -n 1: in order
+
+
+def _quote_all_but_glob(path: str) -> str:
+    """A path with `*` parts, quoted around them so that the shell still expands them."""
+    return "*".join(shlex.quote(part) if part else "" for part in path.split("*"))
 
 
 def recorded_errors(run_dir: Path) -> dict[str, str]:
@@ -299,7 +307,9 @@ class WandbTracker(Tracker):
         self._guard("use artifact", self._use_input, name, kind, paths, metadata)
 
     def _use_input(self, name: str, kind: str, paths: list[Path], metadata: dict | None) -> None:
-        artifact = self._artifact(name, kind, paths, metadata or {})
+        # An input is the producer's version, matched by content: no second staged copy of its files (a model's
+        # checkpoint is the largest file a run has).
+        artifact = self._artifact(name, kind, paths, metadata or {}, policy="immutable")
         if self.mode == "online":
             self._run.use_artifact(artifact)
             return
@@ -308,10 +318,10 @@ class WandbTracker(Tracker):
         # the version and marks it as this run's input, exactly as online would.
         self._run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
 
-    def _artifact(self, name: str, kind: str, paths: list[Path], metadata: dict) -> Any:
+    def _artifact(self, name: str, kind: str, paths: list[Path], metadata: dict, policy: str = "mutable") -> Any:
         artifact = self._wandb.Artifact(name, type=kind, metadata=metadata)
         for path in paths:
-            artifact.add_file(str(path))
+            artifact.add_file(str(path), policy=policy)
         return artifact
 
     def finish(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -69,6 +71,17 @@ class CodeConfig:
     prior_params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Readout:
+    """What a trained model makes of a batch of images, from one encoder pass and at most one decoder pass."""
+
+    code: Tensor  # what the decoder reads (encode)
+    embedding: Tensor  # the representation to plot or compare: the style code, or the n-D map (dim reduction)
+    probabilities: Tensor | None = None  # q(y|x), for models with a y head
+    reconstruction: Tensor | None = None  # pixel probabilities; None unless asked for (and, for a decoder
+    # that reads labels, given them)
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -127,9 +140,19 @@ class AAEModel(nn.Module):
         with torch.no_grad():
             return torch.sigmoid(self.decoder(code))
 
-    def sample(self, n: int) -> Tensor:
-        """n images decoded from prior samples."""
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
+        """n images decoded from prior samples; `labels` (n class indices) picks what each shows, on models that
+        can be told (sample_labels)."""
         raise NotImplementedError
+
+    @property
+    def sample_labels(self) -> int | None:
+        """How many labels sample() can be given (classes, clusters, prior components); None: it takes none."""
+        return None
+
+    def _no_labels_to_sample(self, labels: Tensor | None) -> None:
+        if labels is not None:
+            raise ValueError(f"{type(self).__name__} samples from its prior alone: it cannot be given labels")
 
     def classify(self, x: Tensor) -> Tensor:
         """Class probabilities q(y|x); only variants with a categorical head have one."""
@@ -148,6 +171,13 @@ class AAEModel(nn.Module):
     def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Pixel probabilities of x passed through the autoencoder (labels only for label-fed decoders)."""
         return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def read(self, x: Tensor, labels: Tensor | None = None, reconstruct: bool = False) -> Readout:
+        """Everything the model makes of x (see Readout); the families override it to encode once."""
+        code = self.encode(x)
+        probabilities = self.classify(x) if self.y_head is not None else None
+        return Readout(code, code, probabilities, self.reconstruction(x, labels) if reconstruct else None)
 
     @property
     def generator(self) -> torch.Generator:
@@ -195,19 +225,46 @@ class AAEModel(nn.Module):
             "generator": self.generator.get_state(),
         })
 
-    def load_training_state(self, state: dict[str, Any]) -> None:
-        """Restore a training_state(); optimisers are rebuilt from the saved OptimConfig first."""
+    def load_training_state(self, state: dict[str, Any], optim: OptimConfig | None = None) -> None:
+        """Restore a training_state(): optimisers are rebuilt from the saved OptimConfig, their state loaded, and
+        then, when `optim` differs from the saved one (a resume that changes rates, momenta, clipping or the
+        decay), its settings take over from the epoch reached; the momentum buffers carry over."""
         self.load_state_dict(state["model"])
         if state["optim_config"] is not None:
-            self.configure_optimizers(OptimConfig.from_state(state["optim_config"]))
+            saved = OptimConfig.from_state(state["optim_config"])
+            self.configure_optimizers(saved)
             for phase, opt_state in state["optimizers"].items():
                 self.optimizers[phase].load_state_dict(opt_state)
             for phase, sched_state in state["schedulers"].items():
                 self.schedulers[phase].load_state_dict(sched_state)
+            if optim is not None and optim != saved:
+                self._apply_optim_config(optim)
         if state["generator"].numel() == self.generator.get_state().numel():
             self.generator.set_state(state["generator"])
         # else the state was saved on another kind of device; the training loop reseeds the generator at the
         # start of every epoch, and checkpoints are taken between epochs, so nothing is lost.
+
+    def _apply_optim_config(self, optim: OptimConfig) -> None:
+        """Give the restored optimisers and schedules `optim`'s settings, as if it had been used from the start."""
+        if optim.kind != self.optim_config.kind:
+            raise ValueError(f"a {self.optim_config.kind} optimiser state cannot continue as {optim.kind}")
+        milestones = sorted(optim.decay_epochs)
+        for phase, optimizer in self.optimizers.items():
+            scheduler = self.schedulers[phase]
+            decays = bisect.bisect_right(milestones, scheduler.last_epoch)  # epochs completed past a milestone
+            rate = optim.lr[phase] * optim.decay_factor**decays
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+                if optim.kind == "sgd":
+                    group["momentum"] = optim.momentum[phase]
+                else:
+                    group["betas"] = optim.adam_betas
+            optimizer.clip_grad_norm = optim.clip_grad_norm.get(phase)  # type: ignore[attr-defined]
+            scheduler.base_lrs = [optim.lr[phase]] * len(optimizer.param_groups)
+            scheduler.milestones = Counter(optim.decay_epochs)
+            scheduler.gamma = optim.decay_factor
+            scheduler._last_lr = [rate] * len(optimizer.param_groups)
+        self.optim_config = optim
 
     # -- helpers for subclasses --------------------------------------------------------------------
     @property

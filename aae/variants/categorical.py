@@ -18,8 +18,8 @@ from aae.batch import Batch
 from aae.metrics import category_log_odds
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase, supervised_phase
-from aae.priors import CategoricalPrior, GaussianPrior
-from aae.variants.base import AAEModel, AdversarialConfig, _check
+from aae.priors import CategoricalPrior, GaussianPrior, one_hot
+from aae.variants.base import AAEModel, AdversarialConfig, Readout, _check
 
 
 @dataclass
@@ -45,6 +45,8 @@ class CategoricalConfig(AdversarialConfig):
 
 class CategoricalAAE(AAEModel):
     """Encoder with y (softmax) and z heads, decoder on representation(y, z), discriminators on y and z."""
+
+    embeds_representation = False  # read(): whether the embedding is representation(y, z) rather than z
 
     def __init__(self, config: CategoricalConfig, n_categories: int, representation_dim: int | None = None) -> None:
         """representation_dim defaults to [y, z]'s width."""
@@ -172,8 +174,24 @@ class CategoricalAAE(AAEModel):
         out = self.infer(x)
         return self.representation(out.logits.softmax(1), out.code)
 
-    def sample(self, n: int) -> Tensor:
-        """Decode n draws of (one-hot y, z) from the two priors."""
+    @torch.no_grad()
+    def read(self, x: Tensor, labels: Tensor | None = None, reconstruct: bool = False) -> Readout:
+        """q(y|x) and the style z from one encoder pass; the code is representation(q(y|x), z), the embedding z
+        (the n-D map where the representation is one: embeds_representation)."""
+        out = self.infer(x)
+        probabilities = out.logits.softmax(1)
+        code = self.representation(probabilities, out.code)
+        embedding = code if self.embeds_representation else out.code
+        return Readout(code, embedding, probabilities, self.decode(code) if reconstruct else None)
+
+    @property
+    def sample_labels(self) -> int:
+        """The category (class or cluster) each sample's y is set to."""
+        return self.n_categories
+
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
+        """Decode n draws of (one-hot y, z) from the two priors, y set to `labels` (categories) where given."""
+        y = self.y_prior.sample(n) if labels is None else one_hot(labels.cpu(), self.n_categories)
         with torch.no_grad():
-            code = self.representation(self.y_prior.sample(n), self.z_prior.sample(n)).to(self.device)
+            code = self.representation(y, self.z_prior.sample(n)).to(self.device)
         return self.decode(code)

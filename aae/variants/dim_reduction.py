@@ -40,6 +40,7 @@ class DimReductionAAE(CategoricalAAE):
     """The dimensionality-reduction AAE; encode(x) is the n-D map W_C·softmax(y) + z."""
 
     config_class = DimReductionConfig
+    embeds_representation = True  # the map W_C·y + z is what the model is for
 
     def __init__(self, config: DimReductionConfig) -> None:
         super().__init__(config, config.n_clusters, representation_dim=config.z_dim)

@@ -50,3 +50,14 @@ class LabelRegularisedAAE(SingleCodeAAE):
     def prior_draw(self, n: int, y: Tensor | None) -> Tensor:
         """Draws from each labelled row's class component, or from the whole prior where y is -1."""
         return self.prior_sample(self.prior, n, labels=y)
+
+    @property
+    def sample_labels(self) -> int:
+        """A class picks the prior component its samples come from."""
+        return self.config.n_classes
+
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
+        """Decode n prior draws, from the components of `labels` (classes) where given."""
+        if labels is None:
+            return super().sample(n)
+        return self.decode(self.prior.sample(n, labels.cpu()).to(self.device))

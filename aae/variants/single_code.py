@@ -17,7 +17,7 @@ from aae.batch import Batch
 from aae.networks import Decoder, Encoder, discriminator
 from aae.phases import Critic, discriminator_phase, generator_phase, reconstruction_phase
 from aae.priors import GaussianPrior, build_prior
-from aae.variants.base import AAEModel, AdversarialConfig, CodeConfig, NetworkConfig
+from aae.variants.base import AAEModel, AdversarialConfig, CodeConfig, NetworkConfig, Readout
 
 
 class SingleCodeModel(AAEModel):
@@ -45,8 +45,19 @@ class SingleCodeModel(AAEModel):
         """What the decoder reads for codes z (and labels y, where the decoder reads them): z."""
         return z
 
-    def sample(self, n: int) -> Tensor:
+    @torch.no_grad()
+    def read(self, x: Tensor, labels: Tensor | None = None, reconstruct: bool = False) -> Readout:
+        """z is the code and the embedding; the reconstruction decodes decoder_input(z, labels), so a decoder
+        that reads labels (the supervised AAE) gives none without them."""
+        z = self.infer(x).code
+        reconstruction = None
+        if reconstruct and (labels is not None or self.decoder_input_dim == self.config.z_dim):
+            reconstruction = self.decode(self.decoder_input(z, None if labels is None else labels.to(z.device)))
+        return Readout(z, z, None, reconstruction)
+
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
         """Decode n prior draws."""
+        self._no_labels_to_sample(labels)
         return self.decode(self.prior.sample(n).to(self.device))
 
 

@@ -50,7 +50,12 @@ class SupervisedAAE(SingleCodeAAE):
             raise ValueError("the supervised AAE reconstructs with the true labels: pass y")
         return self.decode_with_labels(self.encode(x), y)
 
-    def sample(self, n: int) -> Tensor:
-        """Decode n style draws with uniformly drawn labels."""
-        y = torch.randint(self.config.n_classes, (n,))
+    @property
+    def sample_labels(self) -> int:
+        """The class each sample is rendered as."""
+        return self.config.n_classes
+
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
+        """Decode n style draws as `labels` (classes), or as uniformly drawn ones."""
+        y = torch.randint(self.config.n_classes, (n,)) if labels is None else labels
         return self.decode_with_labels(self.prior.sample(n), y)

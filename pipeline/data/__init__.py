@@ -18,13 +18,14 @@ import contextlib
 import errno
 import io
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.data.labels import balanced_subset, check_covers_classes, parse_n_labels
-from pipeline.data.sources import DatasetName, RawDataset, fetch_raw, parse_name
+from pipeline.data.sources import DatasetName, RawDataset, fetch_raw, parse_name, source_changes
 from pipeline.data.store import (
     FORMAT_VERSION,
     MANIFEST,
@@ -44,9 +45,11 @@ from pipeline.rundir import atomic_write_bytes
 
 __all__ = [
     "SPLITS",
+    "changed_since_prepared",
     "dataset_summary",
     "default_data_dir",
     "image_shape",
+    "is_prepared",
     "load_label_split",
     "load_split",
     "prepare_dataset",
@@ -60,7 +63,8 @@ def default_data_dir() -> Path:
 
 
 def prepare_dataset(source: str, data_dir: Path | None = None, force: bool = False) -> Path:
-    """Turn a dataset ('mnist' or 'idx:/path') into verified Parquet and return its folder."""
+    """Turn a dataset ('mnist' or 'idx:/path') into verified Parquet and return its folder; without `force`, a
+    valid prepared copy is kept as it is."""
     dataset, root = parse_name(source), _root(data_dir)
     final = root / dataset.dir_name
     if not force and _is_prepared(final, dataset, root):
@@ -120,6 +124,18 @@ def image_shape(name: str, data_dir: Path | None = None) -> tuple[int, ...]:
     return tuple(int(d) for d in manifest["image_shape"])
 
 
+def is_prepared(name: str, data_dir: Path | None = None) -> bool:
+    """Whether a prepared copy of the dataset exists (its manifest is there; its checksums are not read here)."""
+    return (_root(data_dir) / parse_name(name).dir_name / MANIFEST).is_file()
+
+
+def changed_since_prepared(name: str, data_dir: Path | None = None) -> str | None:
+    """For a prepared idx: or svhn: dataset, how the user's files differ from those it was made from (None:
+    unchanged, or not known)."""
+    _, manifest, _ = _open(name, data_dir)
+    return source_changes(parse_name(name), manifest["source"])
+
+
 def dataset_summary(name: str, data_dir: Path | None = None) -> str:
     """One line describing a prepared dataset: rows per split, source, and where it lives."""
     directory, manifest, _ = _open(name, data_dir)
@@ -134,7 +150,7 @@ def _root(data_dir: Path | str | None) -> Path:
 
 def _rebuild_hint(dataset: DatasetName, root: Path) -> str:
     flag = "" if root == default_data_dir() else f" --data-dir {root}"
-    return f"rebuild it with `aae-pipeline data prepare {dataset.name} --force{flag}`"
+    return f"rebuild it with `aae-pipeline data prepare {shlex.quote(dataset.name)} --force{flag}`"
 
 
 def _open(name: str, data_dir: Path | None) -> tuple[Path, dict[str, Any], str]:
@@ -144,7 +160,7 @@ def _open(name: str, data_dir: Path | None) -> tuple[Path, dict[str, Any], str]:
     if manifest is None:
         flag = "" if root == default_data_dir() else f" --data-dir {root}"
         raise UserError(f"dataset {dataset.name} is not prepared in {root}",
-                        f"run `aae-pipeline data prepare {dataset.name}{flag}`")
+                        f"run `aae-pipeline data prepare {shlex.quote(dataset.name)}{flag}`")
     return directory, manifest, rebuild
 
 

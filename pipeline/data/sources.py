@@ -79,11 +79,43 @@ def fetch_raw(dataset: DatasetName, downloads: Path) -> RawDataset:
     """Read a dataset's raw arrays from its source, downloading into `downloads` if it has to."""
     if dataset.format == "idx" and dataset.local_path is not None:
         splits = read_idx_dir(dataset.local_path)
-        files = [find_idx_file(dataset.local_path, stem) for stem, _ in IDX_FILES.values()]
-        return RawDataset(splits, {"kind": "idx", "location": str(dataset.local_path), "sha256": sha256_file(*files)})
-    if dataset.format == "svhn":
-        return fetch_svhn(dataset.local_path, downloads)
-    return fetch_mnist(downloads)
+        files = local_files(dataset)
+        raw = RawDataset(splits, {"kind": "idx", "location": str(dataset.local_path), "sha256": sha256_file(*files)})
+    elif dataset.format == "svhn":
+        raw = fetch_svhn(dataset.local_path, downloads)
+    else:
+        return fetch_mnist(downloads)
+    if dataset.local_path is not None:  # the user's own files: what they were, to tell when they change later
+        raw.source["files"] = file_stats(local_files(dataset))
+    return raw
+
+
+def local_files(dataset: DatasetName) -> list[Path]:
+    """The files of the user's directory that an idx: or svhn: dataset is made from (a UserError if missing)."""
+    if dataset.local_path is None:
+        return []
+    if dataset.format == "idx":
+        return [find_idx_file(dataset.local_path, stem) for stem, _ in IDX_FILES.values()]
+    return list(svhn_files(dataset.local_path).values())
+
+
+def file_stats(files: list[Path]) -> dict[str, list[int]]:
+    """name → [size, modification time in ns]: a cheap fingerprint (hashing a 1.3 GB extra set is not)."""
+    return {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in files}
+
+
+def source_changes(dataset: DatasetName, source: dict[str, Any]) -> str | None:
+    """How the user's files behind a prepared copy differ from when it was made (`source` is its manifest's
+    record), or None when they do not, or cannot be compared (downloads; copies made before this was kept)."""
+    if dataset.local_path is None or "files" not in source:
+        return None
+    try:
+        now = file_stats(local_files(dataset))
+    except UserError as missing:
+        return missing.message
+    then = source["files"]
+    changed = sorted(name for name in then.keys() | now.keys() if then.get(name) != now.get(name))
+    return f"{', '.join(changed)} in {dataset.local_path} changed" if changed else None
 
 
 def fetch_svhn(directory: Path | None, downloads: Path) -> RawDataset:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
+import shutil
 import socket
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.ray.loopback import listen_on_loopback_only
+from pipeline.signals import sigterm_kept
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class WorkerResources:
 def quiet_ray_environment() -> None:
     """Keep Ray's controller chatter and progress tables out of the user's terminal (errors still show)."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's "(raylet) …" notices, uncoloured in logs and pipes
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -60,17 +66,61 @@ def connect(address: str | None, plan: WorkerResources) -> None:
         _join(address)
     else:
         check_local_fit(plan)
-        needed = plan.workers * plan.cpus
+        _start_local(plan)
+    check_capacity(plan)
+
+
+def _start_local(plan: WorkerResources) -> None:
+    """A private Ray instance for this process, listening on loopback only; a failed start is one line."""
+    import ray
+
+    needed = plan.workers * plan.cpus
+    listen_on_loopback_only()
+    try:
         # address="local": always a private instance. Without it ray.init joins whatever cluster
         # /tmp/ray/ray_current_cluster names (even a dead one, whose stale record then breaks every run).
-        ray.init(
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
-            num_gpus=local_gpus(),
-            include_dashboard=False,
-            **_INIT_OPTIONS,
+        with sigterm_kept():
+            ray.init(
+                address="local",
+                num_cpus=max(os.cpu_count() or 1, int(-(-needed // 1))),
+                num_gpus=local_gpus(),
+                include_dashboard=False,
+                **_INIT_OPTIONS,
+            )
+    except Exception as err:  # Ray raises RuntimeError, ConnectionError, its own types…
+        raise start_failure(err) from None
+
+
+# Below this much free space where Ray keeps its session (logs, sockets, spilled objects), it may fail to start.
+RAY_MIN_FREE_BYTES = 1 << 30
+
+
+def start_failure(err: BaseException) -> UserError:
+    """One line for a local Ray that did not start: the lack of room that likely caused it, or Ray's own reason."""
+    temp_root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+    problems = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        problems.append(f"files are limited to {soft / 2**20:.0f} MB by `ulimit -f`")
+    for where in (temp_root, Path("/dev/shm")):
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            continue
+        if free < RAY_MIN_FREE_BYTES:
+            problems.append(f"only {free / 2**20:.0f} MB free in {where}")
+    if problems:
+        return UserError(
+            f"Ray could not start on this machine: {'; '.join(problems)}",
+            "free disk space (or lift the limit) and run the same command again; RAY_TMPDIR=<dir> puts Ray's "
+            "session files on another disk",
         )
-    check_capacity(plan)
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return UserError(
+        f"Ray could not start on this machine ({type(err).__name__}: {reason})",
+        f"check free disk space and memory, then run the same command again; Ray's logs are in "
+        f"{temp_root / 'ray' / 'session_latest' / 'logs'}",
+    )
 
 
 _INIT_OPTIONS = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
@@ -83,7 +133,7 @@ def _join(address: str) -> None:
 
     _probe(address)
     token_sent = _use_token_if_available()
-    with _stderr_captured() as captured:
+    with _stderr_captured() as captured, sigterm_kept():
         try:
             ray.init(address=address, **_INIT_OPTIONS)
             return

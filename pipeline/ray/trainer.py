@@ -13,6 +13,7 @@ from ray.train import ControllerError, TrainingFailedError
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.ray.cluster import WorkerResources, plan_resources
+from pipeline.ray.loopback import loopback_torch_config
 from pipeline.ray.nodes import record_worker
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.tracking import NullTracker, Tracker, dataset_artifact, make_tracker
@@ -57,9 +58,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     try:
         train_loop(config, run, worker, report=report)
-        best = run.best_checkpoint
-        if best.exists():
-            tracker.log_artifact("model", "model", [best], uses=[dataset_artifact(config)[0]])
     finally:
         tracker.finish()
 
@@ -82,6 +80,7 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
 
     use_gpu = plan.gpus > 0
     resources = {"CPU": plan.cpus, **({"GPU": plan.gpus} if use_gpu else {})}
+    backend = "nccl" if use_gpu else "gloo"
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -98,7 +97,8 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
             callbacks=callbacks,
             failure_config=FailureConfig(max_failures=config.run.max_failures),
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # A local run's workers host their rendezvous on loopback, as its Ray listens (pipeline.ray.loopback).
+        torch_config=TorchConfig(backend=backend) if config.run.address else loopback_torch_config(backend),
     )
     started = time.time()
     try:

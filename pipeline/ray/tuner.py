@@ -32,8 +32,7 @@ class TrialSetup:
     base_config: str  # the sweep's base.yaml: experiment + --set + flags, resolved once
     sweep_name: str
     space: SearchSpace
-    plan: WorkerResources  # the workers of one trial
-    threads: int  # torch threads of an in-process trial
+    plan: WorkerResources  # the workers of one trial (one: the trial's own process) and their torch threads
     metric: str  # what trials are ranked by
 
 
@@ -75,7 +74,7 @@ def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str
     from pipeline.loop import WorkerContext, train_loop
     from pipeline.tracking import make_tracker
 
-    torch.set_num_threads(setup.threads)
+    torch.set_num_threads(setup.plan.threads)
     record_worker(run, 0)  # the trial's process is its only worker
     device = torch.device("cuda" if setup.plan.gpus > 0 else "cpu")
     tracker = make_tracker(config, run, "tune-trial", name=f"{setup.sweep_name}-{trial_id}", group=setup.sweep_name)

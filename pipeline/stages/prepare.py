@@ -18,8 +18,10 @@ def prepare(config: Config, run: RunDir) -> dict[str, Any]:
     shared by every run, so nothing lands in the run directory (the manifest records the outputs)."""
     data_dir = Path(config.data.data_dir) if config.data.data_dir else None
     dataset_dir = prepare_dataset(config.data.dataset, data_dir)
-    _check_input_size(config, image_shape(config.data.dataset, data_dir))
-    outputs: dict[str, Any] = {"dataset_dir": str(dataset_dir)}
+    shape = image_shape(config.data.dataset, data_dir)
+    _check_input_size(config, shape)
+    # The image shape the model takes, kept with the run: it is loaded (load_run) where the data may not be.
+    outputs: dict[str, Any] = {"dataset_dir": str(dataset_dir), "image_shape": list(shape)}
     if isinstance(config.data.labels, int) and config.data.limit is None:
         labelled = load_label_split(config.data.dataset, config.data.labels, config.data.label_seed, data_dir)
         outputs["labelled"] = len(labelled)

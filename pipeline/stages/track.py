@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, command
 from pipeline.progress import console
 from pipeline.rundir import RunDir
 from pipeline.stages import EVALUATION_FILE, FIGURE_DIR
@@ -14,6 +17,7 @@ from pipeline.stages.evaluate import read_evaluation
 from pipeline.tracking import (
     WANDB_DIR,
     Tracker,
+    dataset_artifact,
     make_tracker,
     recorded_errors,
     resolve_mode,
@@ -23,22 +27,39 @@ from pipeline.tracking import (
 
 
 def track(config: Config, run: RunDir) -> dict[str, Any]:
-    """Log evaluation.json's metrics and tables, the figures and the evaluation artifact; says where they went."""
+    """Log evaluation.json's metrics and tables, the figures, the model (as the folder `export` writes) and the
+    evaluation artifact; says where they went."""
     if resolve_mode(config.tracking.wandb) == "disabled":
         return {"wandb_mode": "disabled"}
     evaluation = _read_evaluation(run)
     tracker = make_tracker(config, run, "evaluate")
-    best = run.best_checkpoint
-    if best.exists():
-        tracker.use_artifact("model", "model", [best])  # the version the train run logged, matched by content
+    dataset, dataset_manifest = dataset_artifact(config)
+    if dataset_manifest.exists():
+        tracker.use_artifact(dataset, "dataset", [dataset_manifest], metadata={"source": config.data.dataset})
     metrics = evaluation.get("metrics", {})
     tracker.log_summary(metrics)
     tracker.log_images({path.stem: path for path in sorted((run.path / FIGURE_DIR).glob("*.png"))})
     for name, table in evaluation.get("tables", {}).items():
         tracker.log_table(name, table["columns"], table["rows"])
+    if run.best_checkpoint.exists():
+        _log_model(tracker, run, dataset, metrics)
     tracker.log_artifact("evaluation", "evaluation", [run.path / EVALUATION_FILE], uses=["model"], metadata=metrics)
     tracker.finish()
     return _outputs(tracker, run)
+
+
+def _log_model(tracker: Tracker, run: RunDir, dataset: str, metrics: dict[str, Any]) -> None:
+    """The model as the folder `aae-pipeline export` writes, so that whoever downloads the artifact loads it with
+    `load_run(folder)`. Written to a scratch folder: W&B keeps its own copy until the run is uploaded."""
+    from pipeline.export import write_model_folder
+
+    (run.path / WANDB_DIR).mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".model-", dir=run.path / WANDB_DIR))
+    try:
+        write_model_folder(run.path, folder)
+        tracker.log_artifact("model", "model", sorted(folder.iterdir()), uses=[dataset], metadata=metrics)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _outputs(tracker: Tracker, run: RunDir) -> dict[str, Any]:
@@ -65,7 +86,7 @@ def _outputs(tracker: Tracker, run: RunDir) -> dict[str, Any]:
 
 def _read_evaluation(run: RunDir) -> dict[str, Any]:
     """evaluation.json as the evaluate stage wrote it; missing or corrupt is something the user can fix."""
-    fix = f"evaluate the run first: `aae-pipeline eval {run.path} --force`"
+    fix = f"evaluate the run first: `{command('aae-pipeline eval', run.path)} --force`"
     try:
         evaluation = read_evaluation(run)
     except json.JSONDecodeError:

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aae.optim import PHASES
+from pipeline.checkpoints import reconcile_metrics
 from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, command
 from pipeline.loop import optim_config
 from pipeline.progress import EpochPrinter, console
 from pipeline.ray import nodes, trainer
 from pipeline.ray.cluster import WorkerResources
 from pipeline.rundir import DIVERGED, RunDir, atomic_write_text
 
+# The optimiser phase a loss (as metrics.jsonl names it, less train/ and _loss) belongs to.
+LOSS_PHASE = {"recon": "reconstruction", "disc": "discriminator", "gen": "generator", "supervised": "supervised"}
+# A first clip to try on a phase that has none: the reconstruction norm of a healthy MNIST run is about 33, the
+# 2-D models train at the paper's rates with every phase clipped at 5 (benchmarks/results/fidelity.md).
+FIRST_CLIP = {"reconstruction": 30.0, "discriminator": 5.0, "generator": 5.0, "supervised": 5.0}
 
-def divergence_advice(config: Config, phases: set[str]) -> str:
-    """The overrides worth trying after NaN losses in `phases`, computed from the rates this run used."""
+
+def divergence_advice(config: Config, losses: set[str]) -> str:
+    """The overrides worth trying after NaN/inf losses (`losses` names the non-finite ones, e.g. {"recon"}):
+    a tenth of each diverged phase's rate, or its gradient clipped (harder, where the run clips it already)."""
     optim = optim_config(config)
-    adversarial = " ".join(f"--set train.lr.{phase}={optim.lr[phase] / 10:g}"
-                           for phase in ("generator", "discriminator"))
+    phases = [phase for phase in PHASES if phase in {LOSS_PHASE.get(name.split("_")[0]) for name in losses}]
+    phases = phases or list(PHASES)
+    rates = " ".join(f"--set train.lr.{phase}={optim.lr[phase] / 10:g}" for phase in phases)
+    clipped = all(phase in optim.clip_grad_norm for phase in phases)
+    clips = " ".join(
+        f"--set train.clip_grad_norm.{phase}={optim.clip_grad_norm.get(phase, FIRST_CLIP[phase] * 2) / 2:g}"
+        for phase in phases
+    )
+    advice = f"{rates}, or keep the rates and clip the gradients{' harder' if clipped else ''}: {clips}"
     if "supervised" in phases and config.data.labels != "all":
         # The few labelled examples come round again every step or two, and the paper's supervised rate
         # (0.1, momentum 0.9) overshoots on them: semisup with 100 labels diverges in its first epoch.
-        return f"--set train.lr.supervised={optim.lr['supervised'] / 10:g} (few labels), or {adversarial}"
-    unclipped = [phase for phase in ("reconstruction", "discriminator", "generator")
-                 if phase not in optim.clip_grad_norm]
-    if unclipped:  # clipping kept the paper's adversarial rates finite for dimred-2d-unsup (fidelity.md)
-        clip = " ".join(f"--set train.clip_grad_norm.{phase}=5" for phase in unclipped)
-        return f"{adversarial}, or keep the rates and clip the gradients: {clip}"
-    return adversarial
+        return f"--set train.lr.supervised={optim.lr['supervised'] / 10:g} (few labels), or {advice}"
+    return advice
 
 
 def train(config: Config, run: RunDir) -> dict[str, Any]:
@@ -46,6 +57,7 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
         f"(not rescaled by the worker count), x{optim.decay_factor:g} after epochs {list(optim.decay_epochs)}"
     )
     nodes.clear_worker_records(run)
+    reconcile_metrics(run)  # before the printer follows the file: a resume may drop rows of epochs to redo
     printer = EpochPrinter(run.metrics_path, config.train.epochs)
     printer.start()
     try:
@@ -63,8 +75,8 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
     if diverged is not None:
         epoch = outputs["diverged_at_epoch"] = diverged[DIVERGED]
         # The losses the model reported name its phases, e.g. train/supervised_loss.
-        phases = {key.removeprefix("train/").removesuffix("_loss") for key in diverged["losses"]}
-        advice = divergence_advice(config, phases)
+        losses = {key.removeprefix("train/").removesuffix("_loss"): value for key, value in diverged["losses"].items()}
+        advice = divergence_advice(config, {name for name, value in losses.items() if not math.isfinite(value)})
         if not best.exists():
             raise UserError(
                 f"training diverged (NaN/inf losses) in epoch {epoch}, before any checkpoint was saved",
@@ -72,7 +84,8 @@ def train(config: Config, run: RunDir) -> dict[str, Any]:
             )
         console.print(
             f"[bold yellow]warning: losses became NaN/inf at epoch {epoch}; training stopped and the best "
-            f"checkpoint so far is evaluated. To train further, lower the learning rates: {advice}[/bold yellow]"
+            f"checkpoint so far is evaluated. To train further, resume "
+            f"(`{command('aae-pipeline run --resume', run.path)}`) with lower learning rates: {advice}[/bold yellow]"
         )
     return outputs
 

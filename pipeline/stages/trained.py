@@ -11,10 +11,11 @@ import torch
 
 from aae.variants import build_model
 from aae.variants.base import AAEModel
+from pipeline.checkpoints import read_checkpoint
 from pipeline.config import Config
 from pipeline.data import load_split
-from pipeline.errors import UserError
-from pipeline.loop import checkpoint_payload, to_float
+from pipeline.errors import UserError, command
+from pipeline.loop import to_float
 from pipeline.rundir import RunDir
 
 # Rows pushed through a network at once: bounds memory (a 2x1000 MLP on 1000 rows is a few MB).
@@ -55,9 +56,9 @@ def load_trained_model(config: Config, run: RunDir, input_dim: int) -> TrainedMo
     if not path.is_file():
         raise UserError(
             f"{run.path} has no trained checkpoint ({path.relative_to(run.path)} is missing)",
-            f"train it first: `aae-pipeline run --resume {run.path}`",
+            f"train it first: `{command('aae-pipeline run --resume', run.path)}`",
         )
-    state = checkpoint_payload(path)
+    state = read_checkpoint(path)
     model = build_model(config.model.variant, {"input_dim": input_dim, **config.model.params})
     model.load_training_state(state["training_state"])
     model.eval()

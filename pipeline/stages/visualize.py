@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -227,14 +228,34 @@ def _side(dim: int) -> tuple[int, int, int]:
     return side, side, 1
 
 
+def mosaic(images: torch.Tensor | np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """rows*cols images (flat, (H, W) or (C, H, W)) tiled into one (rows*H, cols*W) grey or (…, 3) colour picture;
+    missing tiles are black."""
+    images = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(len(images), -1)
+    h, w, ch = _side(images.shape[1])
+    images = torch.cat([images, torch.zeros(rows * cols - len(images), images.shape[1])])
+    tiles = images.reshape(rows, cols, ch, h, w).permute(0, 3, 1, 4, 2).clamp(0, 1)
+    picture = tiles.reshape(rows * h, cols * w, ch).numpy()
+    return picture[..., 0] if ch == 1 else picture
+
+
+def save_image_grid(images: np.ndarray, path: Path) -> None:
+    """Images as one PNG, as square a grid as their number allows (written whole or not at all)."""
+    from matplotlib.image import imsave
+
+    cols = math.ceil(math.sqrt(len(images)))
+    picture = mosaic(images, math.ceil(len(images) / cols), cols)
+    buffer = io.BytesIO()
+    imsave(buffer, picture, cmap="gray", vmin=0, vmax=1, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def _show_mosaic(ax: Axes, images: torch.Tensor, rows: int, cols: int) -> None:
     """Tile rows*cols images (flat, or (C, H, W) as the conv decoder gives them) into one picture, with thin
     separators, and hide the axes' ticks."""
-    images = images.reshape(len(images), -1)
-    h, w, ch = _side(images.shape[1])
-    tiles = images.reshape(rows, cols, ch, h, w).permute(0, 3, 1, 4, 2).clamp(0, 1)
-    mosaic = tiles.reshape(rows * h, cols * w, ch).numpy()
-    ax.imshow(mosaic[..., 0] if ch == 1 else mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    picture = mosaic(images, rows, cols)
+    h, w, _ = _side(int(np.prod(images.shape[1:])))
+    ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     for i in range(1, cols):
         ax.axvline(i * w - 0.5, color="tab:blue", lw=0.3)
     for i in range(1, rows):

@@ -78,3 +78,28 @@ def test_from_state_reads_this_release_and_the_previous_releases_flat_fields() -
         "decay_epochs": (2,), "decay_factor": 0.1, "adam_betas": (0.5, 0.999), "clip_grad_norm": {"generator": 5.0},
     }
     assert OptimConfig.from_state(old) == c
+
+
+def test_a_restored_state_takes_new_rates_with_the_decays_already_passed_and_keeps_its_momentum() -> None:
+    def model():
+        return build_model("semi_supervised", {"input_dim": 8, "hidden": [8], "disc_hidden": [8]})
+
+    trained = model()
+    trained.configure_optimizers(OptimConfig(decay_epochs=(2, 4)))
+    sum(p.square().sum() for p in trained.phase_parameters()["reconstruction"]).backward()
+    trained.optimizer("reconstruction").step()  # a momentum buffer to carry over
+    for epoch in range(3):  # past the milestone at 2, not the one at 4
+        trained.end_epoch(epoch)
+    restored = model()
+    changed = OptimConfig(lr={"reconstruction": 0.5}, momentum={"reconstruction": 0.5}, decay_epochs=(2, 4))
+    restored.load_training_state(trained.training_state(), changed)
+    group = restored.optimizers["reconstruction"].param_groups[0]
+    assert group["lr"] == pytest.approx(0.05) and group["momentum"] == 0.5  # 0.5, decayed once
+    assert restored.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(0.01)  # the default 0.1, decayed
+    buffers = [s["momentum_buffer"] for s in restored.optimizers["reconstruction"].state.values()]
+    assert buffers and all(buffer is not None for buffer in buffers)
+    restored.end_epoch(3)  # the milestone at 4 still applies
+    assert restored.optimizers["reconstruction"].param_groups[0]["lr"] == pytest.approx(0.005)
+    unchanged = model()
+    unchanged.load_training_state(trained.training_state(), trained.optim_config)
+    assert unchanged.optimizers["reconstruction"].param_groups[0]["lr"] == pytest.approx(0.001)  # the saved 0.01

@@ -287,6 +287,22 @@ def test_cli_prepare_prints_rows_and_location(tmp_path: Path, idx_dir: Path) -> 
     assert "train 50, validation 10, test 20 rows" in result.output and str(tmp_path) in result.output
 
 
+def test_cli_prepare_of_changed_source_files_says_it_kept_the_prepared_copy(tmp_path: Path, idx_dir: Path) -> None:
+    args = ["data", "prepare", f"idx:{idx_dir}", "--data-dir", str(tmp_path / "data")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output.startswith("already prepared (checksums verified): ")
+    assert "note:" not in again.output
+    write_tiny_idx(idx_dir, seed=1)  # other images under the same names
+    changed = CliRunner().invoke(app, args)
+    assert changed.exit_code == 0, changed.output
+    assert (f"train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in {idx_dir} changed since this copy was made; "
+            "the copy was kept as it was") in changed.output
+    assert f"aae-pipeline data prepare idx:{idx_dir} --force --data-dir {tmp_path / 'data'}" in changed.output
+    assert not np.array_equal(load_split(f"idx:{idx_dir}", "train", tmp_path / "data")[0],
+                              read_idx_dir(idx_dir)["train"][0])  # indeed the old copy
+
+
 @pytest.mark.parametrize("source", ["cifar10", "idx:/no/such/dir", "BAD_IDX"])
 def test_cli_user_error_is_one_line_and_exit_code_2(tmp_path: Path, source: str) -> None:
     if source == "BAD_IDX":

@@ -177,6 +177,17 @@ def test_cluster_heads_are_read_as_their_clusters_digit_only_when_the_decoder_re
     assert warning is not None and "distinct digits among them: 1" in warning and "model.params.style_drop" in warning
 
 
+def test_generated_images_are_not_read_where_the_reference_classifier_misreads_real_ones(synthetic_dataset) -> None:
+    config = load_config("cluster16", tiny_overrides(synthetic_dataset))
+    test = load_eval_split(config, "test")
+    inputs = Inputs(config, _HeadsModel(test.x, test.y, reads_y=True), test)
+    inputs.judge = (inputs.judge[0], 13.0)  # as on Fashion-MNIST: the judge misreads 13% of the real test images
+    for evaluation, what in ((style_grid, "style_grid"), (cluster_heads, "cluster_heads")):
+        outcome = evaluation(inputs)
+        assert not {"test/style_grid_accuracy", "test/heads_read_as_cluster"} & set(outcome.metrics)
+        assert "misreads 13.0% of the test images, above 5%" in outcome.notes[what]
+
+
 @pytest.mark.parametrize(
     ("experiment", "keys"),
     [("unsup-mixture", {"test/components_used", "test/codes_on_prior"}),

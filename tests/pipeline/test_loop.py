@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -99,8 +100,44 @@ def test_degenerate_warning_fires_on_a_collapsed_model_and_not_on_a_healthy_one(
     assert "spread" in degeneracy_warning(config, {**healthy, "val/z_std_ratio": 0.05})
 
 
-def test_divergence_advice_offers_clipping_only_where_the_run_does_not_clip() -> None:
+def test_divergence_advice_names_each_diverged_phase_s_rate_and_a_clip_for_it() -> None:
     unclipped = divergence_advice(load_config("cluster16"), {"recon", "gen_y"})
-    assert "--set train.lr.generator=0.01" in unclipped and "--set train.clip_grad_norm.generator=5" in unclipped
-    clipped = divergence_advice(load_config("dimred-2d-unsup"), {"recon"})
-    assert "clip_grad_norm" not in clipped and "--set train.lr.generator=0.01" in clipped
+    # cluster16 clips the reconstruction at 100 and leaves the generator unclipped
+    for override in ("train.lr.reconstruction=0.001", "train.lr.generator=0.01",
+                     "train.clip_grad_norm.reconstruction=50", "train.clip_grad_norm.generator=5"):
+        assert f"--set {override}" in unclipped
+    assert "discriminator" not in unclipped
+    clipped = divergence_advice(load_config("dimred-2d-unsup"), {"recon"})  # every phase clipped at 5
+    assert "--set train.lr.reconstruction=0.001" in clipped and "generator" not in clipped
+    assert "clip the gradients harder: --set train.clip_grad_norm.reconstruction=2.5" in clipped
+
+
+def test_a_run_killed_between_checkpoint_and_metrics_row_resumes_with_that_row(synthetic_dataset, tmp_path) -> None:
+    _train(synthetic_dataset, tmp_path / "run", "train.epochs=2")
+    run = RunDir(tmp_path / "run")
+    rows = run.read_metrics()
+    run.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows[:1]))  # epoch 2's row never written
+    reported: list[dict] = []
+    config = load_config("semisup", tiny_overrides(synthetic_dataset, "data.labels=100", "train.epochs=2"))
+    train_loop(config, run, WorkerContext(), report=reported.append)
+    assert [row["epoch"] for row in run.read_metrics()] == [1, 2]  # not trained again: the checkpoint holds it
+    assert _losses(run.read_metrics()) == _losses(rows)
+    assert [row["epoch"] for row in reported] == [2]  # reported once, now (a sweep ranks trials on it)
+
+
+def test_a_checkpoint_set_aside_retrains_its_epoch_without_duplicate_rows(synthetic_dataset, tmp_path) -> None:
+    straight = _train(synthetic_dataset, tmp_path / "run", "train.epochs=3")
+    last = tmp_path / "run" / "checkpoints" / "epoch-0003.pt"
+    last.rename(last.with_name("epoch-0003.pt.damaged"))
+    resumed = _train(synthetic_dataset, tmp_path / "run", "train.epochs=3")
+    assert [row["epoch"] for row in resumed] == [1, 2, 3]
+    assert _losses(resumed) == _losses(straight)  # epoch 3 trained again from epoch 2's checkpoint, identically
+
+
+def test_a_resume_with_new_rates_trains_on_with_them(synthetic_dataset, tmp_path) -> None:
+    _train(synthetic_dataset, tmp_path / "run", "train.epochs=1")
+    same = _train(synthetic_dataset, tmp_path / "same", "train.epochs=2")
+    lowered = _train(synthetic_dataset, tmp_path / "run", "train.epochs=2", "train.lr.reconstruction=1e-6")
+    assert _losses(lowered)[0] == _losses(same)[0]
+    # At a millionth of the rate the autoencoder barely moves in epoch 2, where the saved rate keeps improving it.
+    assert lowered[1]["train/recon_loss"] > same[1]["train/recon_loss"]

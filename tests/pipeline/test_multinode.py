@@ -16,8 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import trained_run
 from tests.pipeline.test_robustness_ray import RAY, _end_group, free_port
 from tests.pipeline.test_run_cli import cli_command, cli_env, epochs_logged, sets
 
@@ -217,6 +219,24 @@ def test_a_sweep_whose_driver_was_killed_resumes_on_the_cluster(cluster, synthet
         assert logged[-1] == 3 and logged == sorted(set(logged)), (trial.name, logged)
     names = cluster.node_ids()
     assert {names.get(_trial_node(trial)) for trial in trials} <= {"node_a", "node_b"}  # the CPU nodes
+
+
+def test_predict_on_the_cluster_scores_on_both_nodes_and_writes_what_one_process_writes(
+    cluster, synthetic_dataset, tmp_path
+) -> None:
+    run = trained_run(synthetic_dataset, tmp_path / "run", "semisup", "data.labels=100", evaluated=False)
+    data = ["--data", synthetic_dataset["data.dataset"], "--data-dir", synthetic_dataset["data.data_dir"]]
+    here = cluster.cli("predict", str(run.path), *data, "--out", str(tmp_path / "here.parquet"), cwd=tmp_path)
+    assert here.returncode == 0, here.stderr[-3000:]
+    there = cluster.cli("predict", str(run.path), *data, "--out", str(tmp_path / "there"), "--address",
+                        cluster.address, cwd=tmp_path)
+    assert there.returncode == 0, there.stderr[-3000:]
+    manifest = json.loads((tmp_path / "there" / "_manifest.json").read_text())
+    names = cluster.node_ids()
+    assert sorted(names[node] for node in manifest["scored_by"]) == ["node_a", "node_b"]  # both nodes scored rows
+    assert sum(manifest["scored_by"].values()) == manifest["rows"] == 300
+    local, shards = pq.read_table(tmp_path / "here.parquet"), pq.read_table(tmp_path / "there").sort_by("index")
+    assert shards.select(local.column_names).equals(local)
 
 
 def test_a_node_that_cannot_see_the_run_directory_is_refused_in_one_line(

@@ -4,6 +4,8 @@ error. Ray cases run the real CLI in subprocesses; every Ray they start lives in
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -24,6 +26,7 @@ from pipeline.ray import cluster
 from pipeline.ray.nodes import worker_records
 from pipeline.rundir import RunDir, driving
 from tests.conftest import tiny_overrides
+from tests.helpers import held_by_another_process
 from tests.pipeline.test_run_cli import epochs_logged, run_cli, sets
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -69,18 +72,10 @@ def test_runs_claiming_the_same_new_name_get_two_directories(tmp_path) -> None:
 
 def test_a_run_directory_driven_by_another_process_is_refused(tmp_path) -> None:
     run = RunDir(tmp_path / "run")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.rundir import RunDir, driving\n"
-         f"with driving(RunDir({str(run.path)!r})):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(UserError, match="in use by another aae-pipeline process"), driving(run):
-            pass
-    finally:
-        holder.kill()
-        holder.wait()
+    with held_by_another_process(run.path) as holder, \
+            pytest.raises(UserError, match=f"in use by another aae-pipeline process \\(pid {holder.pid}"), \
+            driving(run):
+        pass
     with driving(run):  # the kernel released the dead holder's lock
         pass
 
@@ -262,6 +257,36 @@ def test_workers_that_would_not_fit_in_memory_are_refused(monkeypatch) -> None:
     cluster.check_local_fit(cluster.WorkerResources(2, 1.0, 0.0, 1))
 
 
+def test_a_local_ray_that_cannot_start_for_lack_of_room_is_one_line(monkeypatch) -> None:
+    import ray
+
+    def no_room(**kwargs):
+        raise RuntimeError("The node with node id: abc has not been started within the timeout")
+
+    monkeypatch.setattr(ray, "init", no_room)
+    monkeypatch.setattr(cluster.resource, "getrlimit", lambda which: (30000 * 1024, cluster.resource.RLIM_INFINITY))
+    with pytest.raises(UserError) as refused:
+        cluster.connect(None, cluster.WorkerResources(1, 1.0, 0.0, 1))
+    assert refused.value.message == "Ray could not start on this machine: files are limited to 29 MB by `ulimit -f`"
+    assert "free disk space" in refused.value.fix and "RAY_TMPDIR" in refused.value.fix
+    monkeypatch.setattr(cluster.resource, "getrlimit", lambda which: (cluster.resource.RLIM_INFINITY,) * 2)
+    monkeypatch.setattr(cluster.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 0))
+    with pytest.raises(UserError, match=r"only 0 MB free in /dev/shm"):
+        cluster.connect(None, cluster.WorkerResources(1, 1.0, 0.0, 1))
+
+
+def test_a_stage_that_ran_out_of_disk_space_says_to_free_some() -> None:
+    from pipeline.errors import StageError
+    from pipeline.ray.trainer import WorkerFailed
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    for cause in (full, WorkerFailed(full)):  # in the driver, or in a training worker
+        assert "free disk space (or lift `ulimit -f`), then re-run the same command" in str(
+            StageError("train", cause, "logs/train-error.log"))
+    other = str(StageError("train", RuntimeError("boom"), "logs/train-error.log"))
+    assert other.endswith("finished stages are kept, re-run the same command to continue")
+
+
 # --- interrupts, dead drivers, failing workers -----------------------------------------------------------
 
 
@@ -325,6 +350,66 @@ def test_ctrl_c_says_what_was_kept_and_how_to_continue(synthetic_dataset, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert epochs_logged(run_dir) == [*kept, kept[-1] + 1]
     assert manifest(run_dir)["stages"]["train"]["status"] == "done"
+
+
+def listening_addresses(root_pid: int) -> list[str]:
+    """The local address of every TCP socket listening in `root_pid` or its descendants (from /proc, so that no
+    tool need be installed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    pids, todo = set(), [root_pid]
+    while todo:
+        pid = todo.pop()
+        pids.add(pid)
+        todo.extend(children.get(pid, []))
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    addresses = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state, inode = line.split()[1], line.split()[3], line.split()[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                raw = bytes.fromhex(address)
+                # /proc prints each 32-bit word of the address in host (little-endian) order
+                ordered = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                host = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, ordered)
+                addresses.append(f"{host}:{int(port, 16)}")
+    return addresses
+
+
+def on_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0]
+    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c_and_its_ray_listens_on_loopback_only(synthetic_dataset, tmp_path,
+                                                                              ray_tmp) -> None:
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    run_dir = tmp_path / "run"
+    process = start_run(run_dir, synthetic_dataset, "semisup", "--epochs", "30", "--workers", "2", env=env)
+    wait_for_epochs(run_dir, process)
+    listening = listening_addresses(process.pid)
+    # the driver, the GCS, the raylet, both training workers and their rendezvous, on a laptop's every network
+    assert len(listening) >= 5 and all(on_loopback(address) for address in listening), listening
+    process.send_signal(signal.SIGTERM)  # what `timeout`, Slurm, Kubernetes and `docker stop` send
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert "interrupted (SIGTERM) during train" in err and f"aae-pipeline run --resume {run_dir}" in err
+    assert manifest(run_dir)["stages"]["train"]["status"] == "interrupted"
+    assert epochs_logged(run_dir)  # its checkpoints are what --resume continues from (tested with Ctrl-C)
 
 
 @pytest.mark.slow

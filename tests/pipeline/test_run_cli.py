@@ -69,6 +69,8 @@ def epochs_logged(run_dir: Path) -> list[int]:
         (["run", "semisup", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
         (["run", "--resume", "not-a-run"], "not a run directory"),
         (["data", "prepare", "idx:/nonexistent/dir"], "/nonexistent/dir"),
+        (["run", "semisup", "--run-dir", os.fsdecode(b"/tmp/bad\xff")], "'/tmp/bad\\xff' is not UTF-8 text"),
+        (["run", "semisup", "--set", os.fsdecode(b"data.dataset=idx:/d\xe9")], "is not UTF-8 text (byte 0xe9)"),
     ],
 )
 def test_user_mistakes_are_one_line_exit_2_and_leave_nothing(args: list[str], expected: str, tmp_path) -> None:
@@ -101,6 +103,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(synthetic_dataset, 
     assert manifest["metrics"]["epoch"] == 3
     assert "val/error" in manifest["metrics"] and "train/recon_loss" in manifest["metrics"]
     assert "epoch   3/3" in result.stdout
+    assert "\x1b[" not in result.stdout + result.stderr  # Ray's "(raylet) A worker died…" notice, uncoloured
     log = (run_dir / "run.log").read_text()
     assert "epoch   3/3" in log and "\x1b[" not in log  # the run's log holds what was printed, uncoloured
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from pipeline import run as run_module
+from pipeline.checkpoints import checkpoint_bytes, read_checkpoint
 from pipeline.config import load_config
 from pipeline.errors import StageError
 from pipeline.rundir import RunDir
@@ -22,9 +23,9 @@ def chain(monkeypatch, tmp_path):
     def make(name: str):
         def stage_fn(config, run):
             calls.append(name)
-            if name == "train":
+            if name == "train":  # a checkpoint the driver can read (it checks before evaluating), tagged by call
                 run.checkpoint_dir.mkdir(exist_ok=True)
-                run.best_checkpoint.write_text(f"weights {len(calls)}")
+                run.best_checkpoint.write_bytes(checkpoint_bytes({"calls": len(calls)}, 0, {"val/error": 1.0}))
                 run.metrics_path.write_text(json.dumps({"epoch": 1}) + "\n")
             if name == "evaluate":  # like the real stage, its output file depends on its config
                 (run.path / "evaluation.json").write_text(json.dumps(config.evaluate.model_dump()))
@@ -58,7 +59,7 @@ def test_from_train_redoes_training_from_scratch_and_keeps_the_old_results(chain
     run_module.run_experiment(config, run, from_stage="train")
     assert calls == ["train", "evaluate", "visualize", "track"]
     archived = list(run.path.glob("previous-*/checkpoints/best.pt"))
-    assert len(archived) == 1 and archived[0].read_text() == "weights 2"
+    assert len(archived) == 1 and read_checkpoint(archived[0])["training_state"] == {"calls": 2}
 
 
 def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain) -> None:

@@ -16,6 +16,7 @@ from pipeline.config import load_config
 from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import RunDir
 from tests.conftest import tiny_overrides
+from tests.helpers import held_by_another_process
 from tests.pipeline.test_run_cli import run_cli
 
 EPOCHS = 3
@@ -58,6 +59,21 @@ def test_gpu_trials_on_a_machine_without_gpus_are_refused_before_anything_is_wri
     assert result.returncode == 2, result.stderr
     assert "0.25 GPU but the Ray cluster has 0 GPUs" in result.stderr and "--gpus-per-worker 0" in result.stderr
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_sweep_directory_another_process_holds_is_refused_for_a_new_sweep_and_a_resume(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    (tmp_path / "grid.yaml").write_text(GRID)
+    with held_by_another_process(sweep) as holder:
+        for args in (["tune", "unsup-gaussian", "--space", "grid.yaml", "--sweep-dir", str(sweep)],
+                     ["tune", "--resume", str(sweep)]):
+            result = run_cli(*args, cwd=tmp_path)
+            (sweep / "sweep.json").write_text("{}")  # as the holder's sweep writes it once under way
+            assert result.returncode == 2, result.stderr
+            [line] = result.stderr.strip().splitlines()
+            assert f"{sweep} is in use by another aae-pipeline process (pid {holder.pid}" in line
+    assert sorted(path.name for path in sweep.iterdir()) == [".driver.lock", "sweep.json"]  # nothing else written
+    assert (sweep / "sweep.json").read_text() == "{}"
 
 
 def test_resume_of_a_directory_that_is_no_sweep_is_a_user_error(tmp_path) -> None:
@@ -137,7 +153,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(synthetic_dat
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as process:
         first, rest = _interrupt_after_first_finished_trial(process)
-        assert process.wait(timeout=300) == 130, rest
+        assert process.wait(timeout=300) == 143, rest  # SIGTERM's code; Tune stopped as on Ctrl-C
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "interrupted"
     done_before = (sweep / "trials" / first / "metrics.jsonl").read_text()
     resumed = run_cli("tune", "--resume", str(sweep), cwd=tmp_path)
@@ -151,12 +167,13 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(synthetic_dat
 
 
 def _interrupt_after_first_finished_trial(process: subprocess.Popen) -> tuple[str, str]:
-    """Read the sweep's output until a trial finishes, then press Ctrl-C; returns that trial's id and the rest."""
+    """Read the sweep's output until a trial finishes, then stop it as a scheduler (`timeout`, Slurm, `docker stop`)
+    does, with SIGTERM; returns that trial's id and the rest."""
     seen = []
     for line in process.stdout:
         seen.append(line)
         if " finished: " in line:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
             return line.split()[1], process.stdout.read()
     pytest.fail("the sweep ended before a trial finished:\n" + "".join(seen[-30:]))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,17 +12,27 @@ import pytest
 import wandb
 from matplotlib.image import imsave
 
-from pipeline.config import load_config
+from aae.variants import build_model
+from pipeline.checkpoints import checkpoint_bytes
+from pipeline.config import config_to_yaml, load_config
 from pipeline.rundir import RunDir
 from pipeline.stages.track import track
-from pipeline.tracking import NullTracker, WandbTracker, make_tracker, recorded_errors, resolve_mode, wandb_run_id
-from tests.conftest import tiny_overrides
+from pipeline.tracking import (
+    NullTracker,
+    WandbTracker,
+    make_tracker,
+    recorded_errors,
+    resolve_mode,
+    sync_command,
+    wandb_run_id,
+)
+from tests.conftest import TINY_MODEL, tiny_overrides
 from tests.pipeline.test_run_cli import run_cli, sets
 from tests.wandb_offline import OfflineRun, find_offline_runs
 
 
 def semisup(mode: str, *extra: str):
-    return load_config("semisup", [f"tracking.wandb={mode}", *extra])
+    return load_config("semisup", [f"tracking.wandb={mode}", *TINY_MODEL, *extra])
 
 
 def new_run(tmp_path: Path, name: str = "semisup-20250101-120000") -> RunDir:
@@ -31,10 +42,14 @@ def new_run(tmp_path: Path, name: str = "semisup-20250101-120000") -> RunDir:
 
 
 def evaluated_run(tmp_path: Path) -> RunDir:
-    """A run directory as evaluate and visualize leave it: best.pt, evaluation.json, two figures."""
+    """A run directory as evaluate and visualize leave it: config.yaml, best.pt (an untrained tiny model),
+    evaluation.json, two figures."""
     run = new_run(tmp_path)
+    config = semisup("offline")
+    (run.path / "config.yaml").write_text(config_to_yaml(config))
+    model = build_model(config.model.variant, {"input_dim": 784, **config.model.params})
     run.checkpoint_dir.mkdir()
-    run.best_checkpoint.write_bytes(b"weights")
+    run.best_checkpoint.write_bytes(checkpoint_bytes(model.training_state(), 0, {"val/error": 1.0}))
     (run.path / "figures").mkdir()
     for name in ("latent_scatter", "samples"):
         imsave(run.path / "figures" / f"{name}.png", np.random.default_rng(0).random((8, 8)))
@@ -86,8 +101,10 @@ def test_offline_tracker_records_rows_images_tables_and_artifacts(tmp_path) -> N
     assert artifacts["model"]["files"] == ["best.pt"] and not artifacts["model"]["use_after_commit"]  # an output
     assert artifacts["model"]["metadata"]["made_from"] == ["mnist"]
     assert "semisup-20250101-120000" in artifacts["model"]["aliases"]
-    # The copies an offline run keeps for `wandb sync` stay inside the run directory.
-    assert all(path.startswith(str(run.path / "wandb")) for a in offline.artifacts for path in a["staged"])
+    # The copies an offline run keeps of its outputs for `wandb sync` stay inside the run directory; an input is
+    # another run's output, read from where it is rather than copied again.
+    assert all(path.startswith(str(run.path / "wandb")) for path in artifacts["model"]["staged"])
+    assert artifacts["mnist"]["staged"] == [str(manifest)]
 
 
 def test_track_stage_logs_the_evaluation_run_with_model_lineage(tmp_path, capsys) -> None:
@@ -105,10 +122,22 @@ def test_track_stage_logs_the_evaluation_run_with_model_lineage(tmp_path, capsys
     assert sorted(images) == ["figures/latent_scatter/_type", "figures/samples/_type"]
     assert any(row.get("tables/per_class_error/nrows") == 2 for row in offline.history)
     artifacts = by_name(offline)
-    assert artifacts["model"]["use_after_commit"] and artifacts["model"]["files"] == ["best.pt"]
+    # The model as `export` writes it, once: whoever downloads the artifact loads it with load_run(folder).
+    model = artifacts["model"]
+    assert not model["use_after_commit"] and model["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert model["metadata"]["made_from"] == ["mnist"] and model["metadata"]["test/error"] == 4.5
+    assert not list((run.path / "wandb").glob(".model-*"))  # its scratch folder is gone; W&B keeps its own copy
     assert artifacts["evaluation"]["type"] == "evaluation" and artifacts["evaluation"]["metadata"]["made_from"] == [
         "model"
     ]
+
+
+def test_the_sync_hint_pastes_into_a_shell_whatever_the_run_directory_is_called(tmp_path) -> None:
+    run = tmp_path / "my runs" / "semisup (1)"
+    (run / "wandb" / "offline-run-1").mkdir(parents=True)
+    listed = subprocess.run(["bash", "-c", sync_command(run).replace("wandb sync -n 1", "ls -d")],
+                            capture_output=True, text=True)
+    assert listed.stdout.strip() == str(run / "wandb" / "offline-run-1"), listed.stderr
 
 
 def test_a_failing_wandb_warns_once_and_the_stage_still_returns(tmp_path, monkeypatch, capsys) -> None:
@@ -205,5 +234,5 @@ def test_ray_run_streams_each_epoch_to_the_train_run(synthetic_dataset, tmp_path
                                  ["outputs"]["dataset_dir"]).name]["use_after_commit"]
     evaluated = runs[wandb_run_id(RunDir(run_dir), "evaluate")]
     assert "test/error" in evaluated.summary
-    # The evaluate run's input is the very model the train run logged: same content digest, so it links on sync.
-    assert by_name(evaluated)["model"]["digest"] == by_name(trained)["model"]["digest"]
+    # The model is logged once, by the evaluate run, as the folder `export` writes.
+    assert "model" not in by_name(trained) and by_name(evaluated)["model"]["files"][-1] == "model.safetensors"
