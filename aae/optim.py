@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -56,23 +55,6 @@ class OptimConfig:
         for phase, norm in self.clip_grad_norm.items():
             if norm <= 0:
                 raise ValueError(f"clip_grad_norm needs positive norms, got {phase}={norm}")
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> OptimConfig:
-        """The config that asdict() saved in a checkpoint, this release's or the previous one's.
-
-        The previous release had one flat field per phase and setting (recon_lr, disc_momentum, ...) where
-        this one has the `lr` and `momentum` dicts; its checkpoints must still resume, so those keys are
-        folded into the dicts here.
-        """
-        prefixes = {"reconstruction": "recon", "discriminator": "disc", "generator": "gen", "supervised": "supervised"}
-        flat = {f"{prefix}_{setting}": (setting, phase)
-                for phase, prefix in prefixes.items() for setting in ("lr", "momentum")}
-        fields = {key: value for key, value in state.items() if key not in flat}
-        for key, (setting, phase) in flat.items():
-            if key in state:
-                fields[setting] = {**fields.get(setting, {}), phase: state[key]}
-        return cls(**fields)
 
 
 def _check_phases(name: str, per_phase: Mapping[str, float | None]) -> None:

@@ -6,7 +6,7 @@ For a run directory of a model with a Gaussian style prior, encodes the first 10
 the run's best checkpoint and prints, per split, the evaluate stage's two numbers (`test/code_cov_error`,
 `test/code_mean_error`), the covariance error split into its diagonal part (each dimension's spread) and its
 off-diagonal part (the correlations between dimensions), and the same numbers for as many draws from the prior
-itself: the floor that sampling alone leaves. Used for issue 12's 8-D moments (benchmarks/results/fidelity.md).
+itself: the floor that sampling alone leaves (the 8-D moments in benchmarks/results/fidelity.md).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 
 from aae.metrics import gaussian_covariance_parts, gaussian_fit
 from pipeline.config import load_config
+from pipeline.data.splits import load_eval_split
 from pipeline.rundir import CONFIG_FILE, RunDir
-from pipeline.stages.trained import batched, load_eval_split, load_trained_model
+from pipeline.stages.trained import batched, load_trained_model
 
 SPLITS = ("train", "validation", "test")
 

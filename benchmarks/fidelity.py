@@ -1,5 +1,5 @@
 """One fidelity experiment: train an experiment in this process (no Ray), score it on the test set, and
-append a row to benchmarks/results/fidelity.jsonl (the log behind fidelity.md).
+append a row to benchmarks/results/fidelity.jsonl (the log whose table `table` prints, kept in fidelity-log.md).
 
     python benchmarks/fidelity.py cluster16 --epochs 5 --set data.limit=10000 --set model.params.z_prior_std=1 \
         --note "style prior std 1"
@@ -153,7 +153,7 @@ def record(experiment: str, run: RunDir, overrides: list[str], note: str, test: 
 
 
 def table() -> str:
-    """Every logged run as a markdown table, in the order they ran (fidelity.md embeds it)."""
+    """Every logged run as a markdown table, in the order they ran (kept in fidelity-log.md)."""
     lines = ["| # | experiment | setting | epochs | categories used | error % | NMI | style spread | figure | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for number, line in enumerate(RESULTS.read_text().splitlines(), 1):

@@ -27,8 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from aae.metrics import classification_error
 from pipeline.config import load_config
 from pipeline.data import prepare_dataset
-from pipeline.loop import load_training_data
-from pipeline.stages.trained import load_eval_split
+from pipeline.data.splits import load_eval_split, load_training_data
 
 RESULTS = Path(__file__).resolve().parent / "results" / "other_dataset.jsonl"
 

@@ -67,7 +67,7 @@ EXPERIMENTS = (
     Experiment("dimred-2d-unsup", "dimred-2d-unsup", "dim. reduction to 2-D, no labels, 20 clusters",
                "test/dimred_error", "13.95"),
     Experiment("dimred-10d", "dimred-10d", "dim. reduction to 10-D, 100 labels", "test/dimred_error", "3.90"),
-    # The paper shows these as figures; the evaluate stage measures them (issue 12's targets in brackets).
+    # The paper shows these as figures; the evaluate stage measures them (the targets set for them in brackets).
     Experiment("supervised-style", "supervised", "style/content: style-grid cells read as their column's class, %",
                "test/style_grid_accuracy", "Fig. 6 [>= 90]"),
     Experiment("unsup-mixture", "unsup-mixture", "2-D mixture of 10 prior: share of test codes on the prior",

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from aae.batch import Batch
+from pipeline.chain import run_chain
 from pipeline.config import load_config
-from pipeline.loop import build_training_model, load_training_data
+from pipeline.data.splits import load_training_data
+from pipeline.loop import build_training_model
 from pipeline.ray import cluster
-from pipeline.run import run_experiment
 from pipeline.rundir import RunDir
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,7 +59,7 @@ def pipeline_run(limit: int, epochs: int, workers: int) -> dict[str, float]:
         config = load_config("semisup", [f"data.limit={limit}"], flags)
         run = RunDir(Path(tmp) / "run")
         started = time.perf_counter()
-        run_experiment(config, run, stages=("prepare", "train"))
+        run_chain(config, run, stages=("prepare", "train"))
         cluster.shutdown()
         wall = time.perf_counter() - started
         rows = run.read_metrics()

@@ -114,7 +114,7 @@ def run(
     wandb: WandbOption = None,
 ) -> None:
     """Train one experiment with Ray Train, then evaluate, draw and track it; everything lands in a run directory."""
-    from pipeline.run import resolve_run, run_experiment
+    from pipeline.chain import resolve_run, run_chain
 
     flags = {
         "run.workers": workers,
@@ -125,7 +125,7 @@ def run(
         "tracking.wandb": wandb,
     }
     config, run_directory = resolve_run(experiment, overrides or [], flags, run_dir, resume)
-    run_experiment(config, run_directory, from_stage=from_stage, force=force, command_line=_command_line())
+    run_chain(config, run_directory, from_stage=from_stage, force=force, command_line=_command_line())
 
 
 @app.command("eval")
@@ -135,17 +135,21 @@ def evaluate(
     force: Annotated[bool, typer.Option("--force", help="Redo the stages even if their inputs are unchanged.")] = False,
 ) -> None:
     """Run evaluate → visualize → track on an existing run."""
-    from pipeline.run import evaluate_existing
+    from pipeline.chain import evaluate_existing
 
     evaluate_existing(run_dir, wandb=wandb, force=force, command_line=_command_line())
 
 
 @app.command("report")
-def report(run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")]) -> None:
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    fmt: Annotated[str, typer.Option("--format", help="table (fits the terminal) | markdown | csv | json.")]
+    = "table",
+) -> None:
     """Print the paper's tables with the paper's numbers beside these runs' numbers."""
     from pipeline.report import print_report
 
-    print_report(run_dirs)
+    print_report(run_dirs, fmt)
 
 
 RunOrFolder = Annotated[Path, typer.Argument(help="A run directory, or a model folder `export` wrote.")]

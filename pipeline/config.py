@@ -27,11 +27,17 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    dataset: str = "mnist"
-    labels: int | Literal["all"] = "all"
-    label_seed: int = Field(0, ge=0)
-    limit: int | None = Field(None, gt=0)
-    data_dir: str | None = None
+    """The `data:` section: which images, how many labels the model may see."""
+
+    dataset: str = Field("mnist", description="`mnist`, `svhn`, `idx:/dir` (MNIST-format IDX files) or `svhn:/dir` "
+                                              "(SVHN's .mat files)")
+    labels: int | Literal["all"] = Field("all", description="labelled training examples: a count, balanced across "
+                                                            "classes, or `all`")
+    label_seed: int = Field(0, ge=0, description="which balanced labelled subset")
+    limit: int | None = Field(None, gt=0, description="train on the first N training images only (quick runs; "
+                                                      "validation and test stay whole)")
+    data_dir: str | None = Field(None, description="where prepared datasets live; null: $AAE_DATA_DIR, else "
+                                                   "~/.cache/aae-pipeline/data")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -46,9 +52,13 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    variant: str = "semi_supervised"  # a name in aae.variants.VARIANTS, or an import path package.module:Class
+    """The `model:` section: the variant and its own parameters."""
+
+    variant: str = Field("semi_supervised", description="a variant's name (`aae-pipeline experiments` shows them "
+                                                        "in use) or an import path `package.module:Class`")
     # Passed to the variant's own typed config in aae, which rejects keys it does not know.
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="the variant's own config (below); unknown "
+                                                                     "keys are errors")
 
     def resolved(self) -> Any:
         """The variant's own typed config: params with the variant's defaults for the keys they leave out."""
@@ -60,10 +70,12 @@ class ModelConfig(Strict):
 class PositivePerPhase(Strict):
     """A positive number, or null, for each training phase (aae.optim.PHASES); a subclass says what it is."""
 
-    reconstruction: float | None = Field(None, gt=0)
-    discriminator: float | None = Field(None, gt=0)
-    generator: float | None = Field(None, gt=0)
-    supervised: float | None = Field(None, gt=0)
+    reconstruction: float | None = Field(None, gt=0, description="the reconstruction phase (encoder and decoder)")
+    discriminator: float | None = Field(None, gt=0, description="the discriminators' phase")
+    generator: float | None = Field(None, gt=0, description="the generator phase (the encoder, fooling the "
+                                                            "discriminators)")
+    supervised: float | None = Field(None, gt=0, description="the supervised phase (q(y|x) on the labelled "
+                                                             "examples)")
 
 
 class PhaseRates(PositivePerPhase):
@@ -73,10 +85,10 @@ class PhaseRates(PositivePerPhase):
 class PhaseMomenta(Strict):
     """SGD momentum per phase; null takes the paper's 0.9 / 0.1 / 0.1 / 0.9."""
 
-    reconstruction: float | None = Field(None, ge=0, lt=1)
-    discriminator: float | None = Field(None, ge=0, lt=1)
-    generator: float | None = Field(None, ge=0, lt=1)
-    supervised: float | None = Field(None, ge=0, lt=1)
+    reconstruction: float | None = Field(None, ge=0, lt=1, description="the reconstruction phase")
+    discriminator: float | None = Field(None, ge=0, lt=1, description="the discriminators' phase")
+    generator: float | None = Field(None, ge=0, lt=1, description="the generator phase")
+    supervised: float | None = Field(None, ge=0, lt=1, description="the supervised phase")
 
 
 class PhaseClips(PositivePerPhase):
@@ -84,47 +96,63 @@ class PhaseClips(PositivePerPhase):
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(100, gt=0)
-    batch_size: int = Field(100, gt=0)
-    seed: int = Field(0, ge=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: PhaseRates = Field(default_factory=PhaseRates)
-    momentum: PhaseMomenta = Field(default_factory=PhaseMomenta)
-    clip_grad_norm: PhaseClips = Field(default_factory=PhaseClips)
-    decay_epochs: list[int] = Field(default_factory=lambda: [50, 1000])
-    decay_factor: float = Field(0.1, gt=0, le=1)
-    labelled_batch_size: int = Field(100, gt=0)
+    """The `train:` section: the optimisation (the paper's recipe unless an experiment says otherwise)."""
+
+    epochs: int = Field(100, gt=0, description="training epochs (`--epochs`)")
+    batch_size: int = Field(100, gt=0, description="the global batch, split across the workers")
+    seed: int = Field(0, ge=0, description="the random seed (`--seed`): one worker gives the same numbers every time")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="`sgd` (the paper's, with momentum) or `adam`")
+    lr: PhaseRates = Field(default_factory=PhaseRates, description="learning rate per phase")
+    momentum: PhaseMomenta = Field(default_factory=PhaseMomenta, description="SGD momentum per phase")
+    clip_grad_norm: PhaseClips = Field(default_factory=PhaseClips, description="largest gradient norm per phase")
+    decay_epochs: list[int] = Field(default_factory=lambda: [50, 1000],
+                                    description="every rate is multiplied by decay_factor after each of these epochs")
+    decay_factor: float = Field(0.1, gt=0, le=1, description="the step decay's factor")
+    labelled_batch_size: int = Field(100, gt=0, description="labelled examples per supervised step (global)")
 
 
 class ExecutionConfig(Strict):
     """The `run:` section: how and where training executes (workers, devices, cluster, precision, retries)."""
 
-    workers: int = Field(1, gt=0)
-    gpus_per_worker: float = Field(0, ge=0)
-    cpus_per_worker: float | None = Field(None, gt=0)
-    address: str | None = None
-    max_failures: int = Field(2, ge=0)
-    amp: bool = False
-    data_on_device: bool = False
-    cuda_graphs: bool = True  # on CUDA, replay captured training steps (pipeline.cuda_graphs); off: eager
-    steps_per_graph: int = Field(1, gt=0)
+    workers: int = Field(1, gt=0, description="Ray Train workers, data parallel (`--workers`)")
+    gpus_per_worker: float = Field(0, ge=0, description="0 trains on CPUs with gloo; more on CUDA with NCCL "
+                                                        "(`--gpus-per-worker`)")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs each worker asks Ray for; null: 1 (a local "
+                                                                  "run shares the cores out as threads)")
+    address: str | None = Field(None, description="an existing Ray cluster, host:port (`--address`); null starts "
+                                                  "a private local one")
+    max_failures: int = Field(2, ge=0, description="restarts from the last checkpoint (a lost worker or node, a "
+                                                   "failed Ray Train controller) before the run fails")
+    amp: bool = Field(False, description="bf16 autocast on a GPU (faster with CUDA graphs)")
+    data_on_device: bool = Field(False, description="keep the training set on the GPU when training eagerly "
+                                                    "(CUDA graphs always do)")
+    cuda_graphs: bool = Field(True, description="on a GPU, replay each training step as a captured CUDA graph; "
+                                                "false: eager")
 
 
 class EvaluateConfig(Strict):
-    parzen: bool = True  # false: no Parzen estimate; evaluation.json says why in its notes
-    parzen_samples: int = Field(10_000, gt=0)
-    parzen_validation: int = Field(1_000, gt=0)
+    """The `evaluate:` section."""
+
+    parzen: bool = Field(True, description="estimate the Parzen-window log-likelihood (false: evaluation.json's "
+                                           "notes say why not)")
+    parzen_samples: int = Field(10_000, gt=0, description="generated samples the Parzen window is built from")
+    parzen_validation: int = Field(1_000, gt=0, description="validation images the window's width is chosen on")
 
 
 class TrackingConfig(Strict):
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    project: str = "aae-pipeline"
-    entity: str | None = None
+    """The `tracking:` section: Weights & Biases."""
+
+    wandb: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="`auto`: online with W&B credentials, else offline files in the run directory (`--wandb`)")
+    project: str = Field("aae-pipeline", description="the W&B project")
+    entity: str | None = Field(None, description="the W&B entity (team or user); null: your default")
 
 
 class Config(Strict):
-    experiment: str
-    description: str = ""
+    """A whole run's config: conf/base.yaml, then an experiment's file, then --set overrides."""
+
+    experiment: str = Field(description="the experiment's name (its file's, for a YAML given by path)")
+    description: str = Field("", description="one line that `aae-pipeline experiments` shows")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -1,8 +1,8 @@
 """Training steps replayed as CUDA graphs.
 
 On a GPU at batch 100 one AAE step is a few hundred small kernels, and launching them from Python is what
-takes the time (issue 15, one H100: 5.6 s per semisup epoch eager, 0.97 s with the step captured once and
-replayed). CapturedSteps captures whole steps of whatever variant the model is and replays them:
+takes the time (one H100: 5.6 s per semisup epoch eager, 0.97 s with the step captured once and replayed).
+CapturedSteps captures whole steps of whatever variant the model is and replays them:
 
 - the batch is gathered inside the graph from device-resident data, by indices held in static buffers that
   are refilled once per epoch; a step counter on the device picks each step's row;
@@ -21,7 +21,6 @@ that is how the CPU tests check the buffers, the loss sums and the lr handling.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,17 +39,14 @@ class CapturedSteps:
     """Runs the training steps of one model, epoch by epoch, as replays of captured CUDA graphs.
 
     rows: (steps, batch) and labelled_rows: (steps, labelled batch) index tensors give each epoch's batches;
-    their shapes are fixed at construction. steps_per_graph > 1 captures that many consecutive steps in one
-    graph (fewer launches from Python); the remainder of an epoch replays a one-step graph.
+    their shapes are fixed at construction. One step is captured per graph: the GPU, not the launches from
+    Python, limits a replayed step (several steps per graph measured no faster).
     """
 
     def __init__(self, model: AAEModel, make_batch: MakeBatch, rows_shape: tuple[int, int],
                  labelled_shape: tuple[int, int], device: torch.device, amp: bool = False,
-                 steps_per_graph: int = 1, capture: bool = True) -> None:
-        if steps_per_graph < 1:
-            raise ValueError("steps_per_graph must be at least 1")
+                 capture: bool = True) -> None:
         self.model, self.make_batch, self.amp, self.device = model, make_batch, amp, device
-        self.steps_per_graph = steps_per_graph
         self.capture = capture
         self.eager_reason: str | None = None if capture else "capture=False"
         self.rows = torch.zeros(rows_shape, dtype=torch.long, device=device)
@@ -58,7 +54,7 @@ class CapturedSteps:
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # the step the next replay trains
         self.keys: tuple[str, ...] | None = None  # the step's loss names, fixed by the first step
         self.totals: Tensor | None = None  # per-loss sums over this epoch's steps, float64 on the device
-        self.replays: dict[int, Callable[[], None]] = {}  # steps per replay -> replay
+        self.replay: Callable[[], None] | None = None  # one training step, as captured (or eager)
         self.captured_settings: tuple[Any, ...] | None = None
         self.captures = 0  # how many times the graphs were (re)captured
         self.warm = False
@@ -68,7 +64,7 @@ class CapturedSteps:
     @property
     def captured(self) -> bool:
         """Whether steps replay as CUDA graphs (False while warming up, or when the step cannot be captured)."""
-        return self.capture and bool(self.replays)
+        return self.capture and self.replay is not None
 
     def run_epoch(self, rows: Tensor, labelled_rows: Tensor) -> dict[str, float]:
         """Train one step per row of `rows`; returns each loss averaged over the steps (one host sync)."""
@@ -87,9 +83,9 @@ class CapturedSteps:
                 continue
             if self.captured_settings != settings:
                 self._capture()
-            size = self.steps_per_graph if steps - done >= self.steps_per_graph else 1
-            self.replays[size]()
-            done += size
+            assert self.replay is not None
+            self.replay()
+            done += 1
         assert self.keys is not None and self.totals is not None
         return dict(zip(self.keys, (self.totals / max(steps, 1)).tolist(), strict=True))
 
@@ -144,30 +140,26 @@ class CapturedSteps:
         self.warm = True
 
     def _capture(self) -> None:
-        """(Re)capture the one-step graph and, if asked, the steps_per_graph-step graph."""
-        self.replays.clear()  # drop stale graphs (and their memory) before capturing anew
-        sizes = sorted({1, self.steps_per_graph}, reverse=True)
+        """(Re)capture the step's graph (eagerly, the same step through the same buffers, where it cannot be)."""
+        self.replay = None  # drop a stale graph (and its memory) before capturing anew
         if self.capture:
             try:
-                for size in sizes:
-                    self.replays[size] = self._capture_graph(size)
+                self.replay = self._capture_graph()
             except (RuntimeError, AttributeError) as err:  # an operation the driver cannot capture, an old torch
-                self.replays.clear()
                 self.capture = False
                 self.eager_reason = f"capture failed: {str(err).splitlines()[0]}"
         if not self.capture:
-            for size in sizes:
-                self.replays[size] = functools.partial(self._eager_steps, size)
+            self.replay = self._train_step
         self.captured_settings = self.settings()
         self.captures += 1
 
-    def _capture_graph(self, steps: int) -> Callable[[], None]:
+    def _capture_graph(self) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()
         # Registered, the generator's seed and offset are read at each replay, so replays draw new numbers.
         graph.register_generator_state(self.model.generator)
         # thread_local: calls other threads make meanwhile (NCCL's watchdog, Ray's) do not void the capture.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._eager_steps(steps)
+            self._train_step()
         return graph.replay
 
 

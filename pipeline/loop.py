@@ -8,11 +8,9 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -36,9 +34,8 @@ from pipeline.checkpoints import (
 )
 from pipeline.config import Config
 from pipeline.cuda_graphs import CapturedSteps
-from pipeline.data import load_label_split, load_split
-from pipeline.data.labels import balanced_subset
-from pipeline.rundir import DIVERGED, RunDir
+from pipeline.data.splits import TrainingData, load_training_data
+from pipeline.rundir import DIVERGED, RunDir, atomic_write_text
 
 ReportFn = Callable[[dict[str, float]], None]
 
@@ -50,53 +47,6 @@ class WorkerContext:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
-
-
-@dataclass
-class TrainingData:
-    """The training split as float tensors, the label mask, and the validation split."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    labelled: torch.Tensor  # indices of examples whose label the model may see
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    is_labelled: torch.Tensor = field(init=False)  # a bool per training example, from `labelled`
-
-    def __post_init__(self) -> None:
-        self.is_labelled = torch.zeros(len(self.y), dtype=torch.bool, device=self.y.device)
-        self.is_labelled[self.labelled] = True
-
-
-def load_training_data(config: Config, device: torch.device | None = None) -> TrainingData:
-    """Load train/validation, apply data.limit, pick the labelled subset, and flatten images to [0,1] floats.
-    The training split goes to `device` (default: the CPU); the validation split stays on the CPU."""
-    data_dir = Path(config.data.data_dir) if config.data.data_dir else None
-    images, labels = load_split(config.data.dataset, "train", data_dir)
-    val_images, val_labels = load_split(config.data.dataset, "validation", data_dir)
-    if config.data.limit is not None:
-        images, labels = images[: config.data.limit], labels[: config.data.limit]
-    if config.data.labels == "all":
-        labelled = np.arange(len(labels))
-    elif config.data.limit is None:
-        labelled = load_label_split(config.data.dataset, config.data.labels, config.data.label_seed, data_dir)
-    else:
-        # The same draw as the prepared label splits, over the first `limit` examples: a limit changes the pool,
-        # never the rules.
-        labelled = balanced_subset(labels, config.data.labels, config.data.label_seed)
-    on = device or torch.device("cpu")
-    return TrainingData(
-        x=to_float(images).to(on),
-        y=torch.tensor(labels, dtype=torch.long).to(on),
-        labelled=torch.as_tensor(np.sort(labelled), dtype=torch.long).to(on),
-        x_val=to_float(val_images),
-        y_val=torch.tensor(val_labels, dtype=torch.long),
-    )
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    """Images (N, H, W) uint8 as flat (N, H*W) floats in [0, 1]."""
-    return torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
 
 
 def optim_config(config: Config) -> OptimConfig:
@@ -146,7 +96,8 @@ def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn
     last: dict[str, float] = {}
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
-        losses = train_one_epoch(model, data, config, ctx, epoch, captured)
+        progress = StepProgress(run, epoch + 1, config.train.batch_size) if ctx.rank == 0 else None
+        losses = train_one_epoch(model, data, config, ctx, epoch, captured, progress=progress)
         if not all(math.isfinite(value) for value in losses.values()):
             # Every rank sees the same averaged losses, so all stop here together. The epoch is not
             # checkpointed: the best and last checkpoints stay the last finite ones.
@@ -168,7 +119,32 @@ def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn
             log_metrics(run, last)
         if report is not None:
             report(last)
+    if ctx.rank == 0:
+        run.progress_path.unlink(missing_ok=True)
     return last
+
+
+class StepProgress:
+    """Rank 0's way through an epoch, written to the run directory every few seconds: the driver shows it (a live
+    line on a terminal, a line a minute in a log) while an epoch of minutes runs."""
+
+    EVERY_S = 3.0
+
+    def __init__(self, run: RunDir, epoch: int, examples_per_step: int) -> None:
+        self.run, self.epoch, self.examples_per_step = run, epoch, examples_per_step
+        self.started = time.perf_counter()
+        self.written = self.started
+
+    def __call__(self, step: int, steps: int) -> None:
+        now = time.perf_counter()
+        if now - self.written < self.EVERY_S or step == steps:
+            return
+        self.written = now
+        rate = step * self.examples_per_step / (now - self.started)
+        left = (steps - step) * (now - self.started) / step
+        atomic_write_text(self.run.progress_path, json.dumps(
+            {"epoch": self.epoch, "step": step, "steps": steps, "examples_per_s": round(rate, 1),
+             "seconds_left": round(left, 1)}))
 
 
 def log_metrics(run: RunDir, row: dict[str, Any]) -> None:
@@ -204,13 +180,14 @@ def captured_steps(model: AAEModel, data: TrainingData, config: Config, ctx: Wor
     per_rank = (len(range(ctx.rank, config.train.batch_size, ctx.world)),  # the shapes epoch_batches gives
                 len(range(ctx.rank, config.train.labelled_batch_size, ctx.world)))
     return CapturedSteps(model, functools.partial(make_batch, model, data), (steps, per_rank[0]),
-                         (steps, per_rank[1]), data.x.device, amp=config.run.amp,
-                         steps_per_graph=config.run.steps_per_graph, capture=capture)
+                         (steps, per_rank[1]), data.x.device, amp=config.run.amp, capture=capture)
 
 
 def train_one_epoch(model: AAEModel, data: TrainingData, config: Config, ctx: WorkerContext, epoch: int,
-                    captured: CapturedSteps | None = None) -> dict[str, float]:
-    """One pass over this worker's shard; returns the losses averaged over steps and workers."""
+                    captured: CapturedSteps | None = None, progress: StepProgress | None = None
+                    ) -> dict[str, float]:
+    """One pass over this worker's shard; returns the losses averaged over steps and workers. `progress` hears of
+    every step (eagerly trained epochs only: a replayed CUDA-graph epoch takes about a second)."""
     # Prior draws and noise come from the model's RNG, reseeded from (seed, epoch, rank): each rank draws
     # its own samples, and a run resumed at an epoch boundary repeats exactly what it would have drawn.
     model.generator.manual_seed(config.train.seed * 1_000_003 + epoch * 1009 + ctx.rank)
@@ -227,6 +204,8 @@ def train_one_epoch(model: AAEModel, data: TrainingData, config: Config, ctx: Wo
                 losses = model.training_step(batch)
             for key, loss in losses.items():
                 sums[key] = sums[key] + loss.double() if key in sums else loss.double()
+            if progress is not None:
+                progress(step + 1, len(rows))
         means = {key: float(total) / max(len(rows), 1) for key, total in sums.items()}
     model.end_epoch(epoch)
     return _average_across_workers({f"train/{key}": value for key, value in means.items()}, ctx)
@@ -294,22 +273,13 @@ def validate(model: AAEModel, data: TrainingData, ctx: WorkerContext) -> dict[st
             else cluster_error_majority(probs, data.y_val, probs, data.y_val)
         )
         out.update({f"val/{key}": value for key, value in category_usage(probs).items()})
-    styles = style_codes(model, x)
+    styles = model.style_codes(x)
     if styles is not None:
         out["val/z_std_ratio"] = spread_ratio(*styles)
     recon = torch.cat([model.reconstruction(xs, ys) for xs, ys in zip(x.split(1000), y.split(1000), strict=True)])
     out["val/recon_bce"] = reconstruction_errors(x, recon)["recon_bce"]
     model.train()
     return out
-
-
-def style_codes(model: AAEModel, x: torch.Tensor, chunk: int = 1000) -> tuple[torch.Tensor, float] | None:
-    """model.style over x a chunk at a time: the style codes (on the CPU) and their Gaussian prior's std, or
-    None for a model without a Gaussian style prior."""
-    styles = [model.style(part) for part in x.split(chunk)]
-    if styles[0] is None:
-        return None
-    return torch.cat([codes.cpu() for codes, _ in styles]), styles[0][1]
 
 
 # The validation number that ranks a model's checkpoints and a sweep's trials, by the model's y head

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+
+from pipeline.rundir import PROGRESS
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -74,20 +77,29 @@ def format_epoch(row: dict[str, Any], total_epochs: int) -> str:
 
 
 class EpochPrinter(threading.Thread):
-    """Follows the run's metrics.jsonl (written by rank 0) and prints each new epoch as it lands."""
+    """Follows the run's metrics.jsonl (written by rank 0) and prints each new epoch as it lands. Within a long
+    epoch it shows rank 0's progress (progress.json): a live line on a terminal, a line a minute in a log."""
+
+    LOG_EVERY_S = 60.0
 
     def __init__(self, metrics_path: Path, total_epochs: int, poll_s: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.metrics_path = metrics_path
+        self.progress_path = metrics_path.with_name(PROGRESS)
         self.total_epochs = total_epochs
         self.poll_s = poll_s
         self._stop_event = threading.Event()
         self._offset = metrics_path.stat().st_size if metrics_path.exists() else 0
+        self._epoch_done = _last_epoch(metrics_path)  # earlier epochs' progress is not news
+        self._logged_at = time.monotonic()
+        self._live = Console(stderr=True).status("") if sys.stderr.isatty() else None
+        self._shown = False
 
     def run(self) -> None:
         while not self._stop_event.wait(self.poll_s):
             self._drain()
         self._drain()
+        self._show(None)
 
     def stop(self) -> None:
         """Print whatever is left and stop following."""
@@ -95,19 +107,57 @@ class EpochPrinter(threading.Thread):
         self.join(timeout=5)
 
     def _drain(self) -> None:
-        if not self.metrics_path.exists():
+        if self.metrics_path.exists():
+            with self.metrics_path.open() as handle:
+                handle.seek(self._offset)
+                text = handle.read()
+            complete, _, _ = text.rpartition("\n")
+            if complete:
+                self._offset += len(complete) + 1
+                for line in complete.splitlines():
+                    row = json.loads(line)
+                    if "epoch" in row:  # not the divergence mark, which the train stage reports itself
+                        self._show(None)
+                        console.print(format_epoch(row, self.total_epochs))
+                        self._epoch_done = int(row["epoch"])
+        try:
+            progress = json.loads(self.progress_path.read_text())
+        except (OSError, ValueError):
             return
-        with self.metrics_path.open() as handle:
-            handle.seek(self._offset)
-            text = handle.read()
-        complete, _, _ = text.rpartition("\n")
-        if not complete:
+        if progress.get("epoch", 0) > self._epoch_done:
+            self._show(progress)
+
+    def _show(self, progress: dict[str, Any] | None) -> None:
+        """The epoch in progress: the live line (None clears it), or every LOG_EVERY_S a printed line."""
+        if self._live is None:
+            if progress is not None and time.monotonic() - self._logged_at >= self.LOG_EVERY_S:
+                self._logged_at = time.monotonic()
+                console.print(format_progress(progress, self.total_epochs))
             return
-        self._offset += len(complete) + 1
-        for line in complete.splitlines():
-            row = json.loads(line)
-            if "epoch" in row:  # not the divergence mark, which the train stage reports itself
-                console.print(format_epoch(row, self.total_epochs))
+        if progress is None:
+            if self._shown:
+                self._live.stop()
+                self._shown = False
+            return
+        self._live.update(format_progress(progress, self.total_epochs))
+        if not self._shown:
+            self._live.start()
+            self._shown = True
+
+
+def _last_epoch(metrics_path: Path) -> int:
+    try:
+        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return 0
+    return max((int(row["epoch"]) for row in rows if "epoch" in row), default=0)
+
+
+def format_progress(progress: dict[str, Any], total_epochs: int) -> str:
+    """One line for an epoch in progress: its step, the examples/s, the time left."""
+    left = int(progress["seconds_left"])
+    return (f"epoch {progress['epoch']:>3}/{total_epochs}  step {progress['step']}/{progress['steps']}  "
+            f"{progress['examples_per_s']:.0f} ex/s  about {left // 60}:{left % 60:02d} left in this epoch")
 
 
 def summary_table(title: str, metrics: dict[str, float]) -> Table:

@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError, command
 from pipeline.plans import plan_for
-from pipeline.progress import console
 from pipeline.rundir import CONFIG_FILE, RunDir
 from pipeline.stages import EVALUATION_FILE
 from pipeline.stages.evaluate import read_evaluation
+from pipeline.tables import FORMATS, Column, TextTable, render
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def _parzen_setting(config: Config) -> str:
 PAPER_TABLES: tuple[PaperTable, ...] = (
     PaperTable(
         "semisup",
-        "Semi-supervised classification, MNIST (rows by label count) and SVHN (test error %)", "test/error",
+        "Semi-supervised classification, MNIST and SVHN (test error %)", "test/error",
         ("NN baseline", "VAE M1+M2", "ADGM", "AAE (paper)"),
         {"100 labels": ("25.80", "3.33 ± 0.14", "0.96 ± 0.02", "1.90 ± 0.10"),
          "1000 labels": ("8.73", "2.40 ± 0.02", "—", "1.60 ± 0.08"),
@@ -70,7 +68,7 @@ PAPER_TABLES: tuple[PaperTable, ...] = (
         _semisup_setting),
     PaperTable(
         "clustering",
-        "Unsupervised clustering, MNIST (test error %, each cluster labelled by its most confident training digit)",
+        "Unsupervised clustering, MNIST (test error %, the paper's cluster rule)",
         "test/cluster_error", ("CatGAN", "AAE (paper)"),
         {"16 clusters": ("—", "9.55"), "20 clusters": ("4.27", "—"), "30 clusters": ("—", "4.10")},
         _cluster_setting, extra=("test/cluster_error_majority", "test/nmi", "test/ari")),
@@ -82,7 +80,7 @@ PAPER_TABLES: tuple[PaperTable, ...] = (
         _dimred_setting),
     PaperTable(
         "parzen",
-        "Parzen-window log-likelihood of the test set (nats, higher is better; the paper's AAE: 8-D Gaussian z)",
+        "Parzen log-likelihood of the MNIST test set (nats, higher is better)",
         "test/parzen_ll", ("GAN", "GMMN+AE", "AAE (paper)"),
         {"MNIST, unsupervised": ("225 ± 2", "282 ± 2", "340 ± 2")},
         _parzen_setting, extra=("test/parzen_sigma",)),
@@ -127,32 +125,39 @@ def beside_the_paper(config: Config, metrics: dict[str, Any]) -> list[tuple[str,
     return rows
 
 
-def paper_table(table: PaperTable, runs: list[RunResult]) -> Table:
-    """One paper table: a row per setting with the paper's numbers, our runs in the rows of their settings."""
-    out = Table(title=table.title, title_justify="left", header_style="bold", show_lines=False)
-    out.add_column("setting", overflow="fold")
-    for method in table.methods:
-        out.add_column(method, justify="right")
-    out.add_column("run", overflow="fold")
-    out.add_column("epochs", justify="right")
-    for metric in (table.metric, *table.extra):  # headers without the "test/" every metric here carries
-        out.add_column(metric.removeprefix("test/"), justify="right", style="bold" if metric == table.metric else "")
+def paper_table(table: PaperTable, runs: list[RunResult]) -> TextTable:
+    """One paper table: a row per setting with the paper's numbers, our runs in the rows of their settings. The
+    paper's AAE number and ours (the table's metric) come first; the other methods' numbers and our further
+    metrics are optional columns, which a narrow terminal leaves out."""
+    aae, others = table.methods[-1], table.methods[:-1]  # the AAE column comes last in the paper's order
+    columns = [Column("setting"), Column(f"paper {_short(aae)}", right=True),
+               Column("ours", right=True), Column("epochs", right=True),
+               Column("run"), *(Column(_short(m), right=True, optional=True) for m in others),
+               *(Column(m.removeprefix("test/"), right=True, optional=True) for m in table.extra)]
+    out = TextTable(table.title, columns)
     placed = [(table.setting(run.config), run) for run in runs
               if table.metric in run.metrics and table.name in plan_for(run.config.model.variant).paper_tables]
     placed = [(setting, run) for setting, run in placed if setting is not None]
     settings = list(table.paper) + sorted({s for s, _ in placed} - set(table.paper))
-    no_run = ("—", "", "—", *("",) * len(table.extra))
     for setting in settings:
         reference = table.paper.get(setting, ("—",) * len(table.methods))
-        ours = [_run_cells(table, run) for s, run in placed if s == setting] or [no_run]
-        out.add_row(setting, *reference, *ours[0])
-        for cells in ours[1:]:  # further runs of the same setting: one row each, under the first
-            out.add_row("", *("",) * len(table.methods), *cells)
+        ours = [run for s, run in placed if s == setting]
+        for index, run in enumerate(ours or [None]):
+            first = index == 0
+            cells = [setting if first else "", reference[-1] if first else ""]
+            if run is None:
+                cells += ["—", "", "—"]
+            else:
+                cells += [_number(run.metrics.get(table.metric)), run.epochs, run.name]
+            cells += [value if first else "" for value in reference[:-1]]
+            cells += [_number(run.metrics.get(key)) if run else "" for key in table.extra]
+            out.rows.append(cells)
     return out
 
 
-def _run_cells(table: PaperTable, run: RunResult) -> tuple[str, ...]:
-    return (run.name, run.epochs, *(_number(run.metrics.get(key)) for key in (table.metric, *table.extra)))
+def _short(method: str) -> str:
+    """A method's column header without the "(paper)" the AAE's carries."""
+    return method.removesuffix(" (paper)")
 
 
 def _number(value: float | None) -> str:
@@ -161,9 +166,10 @@ def _number(value: float | None) -> str:
     return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
-def print_report(run_dirs: list[Path]) -> None:
-    """Print each of the paper's tables with these runs' numbers placed in the rows their configs belong to."""
+def print_report(run_dirs: list[Path], fmt: str = "table") -> None:
+    """Print each of the paper's tables with these runs' numbers placed in the rows their configs belong to, as
+    an aligned table that fits the terminal, or as Markdown, CSV or JSON."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}", f"choose one of: {', '.join(FORMATS)}")
     runs = [read_run_result(Path(path)) for path in run_dirs]
-    for table in PAPER_TABLES:
-        console.print(paper_table(table, runs))
-        console.print()
+    print(render([paper_table(table, runs) for table in PAPER_TABLES], fmt), end="")

@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 CONFIG_FILE = "config.yaml"
 METRICS = "metrics.jsonl"
 DIVERGED = "diverged"  # key of the metrics row written when non-finite losses stopped training
+PROGRESS = "progress.json"  # rank 0's step within the current epoch, rewritten every few seconds
 LOCK_FILE = ".driver.lock"  # held (flock) by the process driving the run; the kernel drops it when that dies
 
 
@@ -126,6 +127,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path / PROGRESS
 
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, or an empty skeleton for a new run; a corrupt manifest is a user-facing error."""

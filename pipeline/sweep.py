@@ -38,6 +38,7 @@ from pipeline.search_space import (
     parse_search_space,
 )
 from pipeline.signals import sigterm_stops_tune
+from pipeline.tables import Column, TextTable, number, render
 
 SWEEP_FILE, BASE_FILE, TRIALS_FILE, BEST_FILE = "sweep.json", "base.yaml", "trials.parquet", "best.yaml"
 SCHEDULERS = ("asha", "fifo")
@@ -295,7 +296,7 @@ def finish_sweep(path: Path) -> SweepResult:
     best_summary = {key: best[key] for key in ("trial_id", "final", "epochs")} if best else None
     _write_manifest(path, {**manifest, "status": status, "best": best_summary})
     _write_parquet(path / TRIALS_FILE, rows)
-    console.print(trials_table(manifest["experiment"], metric, rows, space, best))
+    console.print(render([trials_table(manifest["experiment"], metric, rows, space, best)]), end="", markup=False)
     _track_summary(path, metric, rows, best)
     if status == "interrupted":
         console.print(f"sweep interrupted; continue it with: {command('aae-pipeline tune --resume', path)}")
@@ -346,26 +347,28 @@ def _write_parquet(target: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(target, buffer.getvalue())
 
 
-def trials_table(experiment: str, metric: str, rows: list[dict[str, Any]], space: SearchSpace, best: Any) -> Any:
-    """The sweep's results as a rich table, best trial first marked."""
-    from rich.table import Table
-
-    table = Table(title=f"{experiment} sweep: {metric}, final and best epoch (lower is better)", header_style="bold")
-    for name in ["trial", *(_short(key) for key in space.keys), "epochs", "final", "best", "status"]:
-        table.add_column(name, justify="right" if name != "trial" else "left")
+def trials_table(experiment: str, metric: str, rows: list[dict[str, Any]], space: SearchSpace,
+                 best: dict[str, Any] | None) -> TextTable:
+    """The sweep's results, the best trial marked with *; the best-epoch column is optional (a narrow terminal
+    leaves it out)."""
+    names = _short_names(space.keys)
+    columns = [Column("trial"), *(Column(names[key], right=True) for key in space.keys), Column("epochs", right=True),
+               Column("final", right=True), Column("status"), Column("best", right=True, optional=True)]
+    table = TextTable(f"{experiment} sweep: {metric} at the last and the best epoch (lower is better)", columns)
     for row in rows:
-        number = [f"{row[key]:.5g}" if row[key] is not None else "-" for key in ("final", "best")]
-        marked = row is best
-        table.add_row(
-            ("* " if marked else "") + row["trial_id"], *(str(row[key]) for key in space.keys),
-            str(row["epochs"]), *number, row["status"], style="bold green" if marked else None,
-        )
+        table.rows.append([("* " if row is best else "") + row["trial_id"], *(number(row[key]) for key in space.keys),
+                           str(row["epochs"]), number(row["final"]), row["status"], number(row["best"])])
     return table
 
 
-def _short(key: str) -> str:
-    """A column title: the key without the prefixes every space shares."""
-    return key.removeprefix("model.params.").removeprefix("train.")
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Column headers for searched keys: the last part of each (model.params.z_dim: z_dim), more where two would
+    read the same (lr.reconstruction and momentum.reconstruction)."""
+    names = {key: key.rsplit(".", 1)[-1] for key in keys}
+    for key in keys:
+        if list(names.values()).count(names[key]) > 1:
+            names[key] = ".".join(key.split(".")[-2:])
+    return names
 
 
 def _track_summary(path: Path, metric: str, rows: list[dict[str, Any]], best: dict[str, Any] | None) -> None:

@@ -32,9 +32,9 @@ def killing_worker(epoch: int, step: int, rank: int) -> Any:
         where = {"epoch": -1, "step": 0, "rank": -1}
         train_one_epoch, make_batch = loop.train_one_epoch, loop.make_batch
 
-        def counting_epoch(model, data, config, ctx, at_epoch, captured=None):  # noqa: ANN001, ANN202
+        def counting_epoch(model, data, config, ctx, at_epoch, captured=None, **options):  # noqa: ANN001, ANN202
             where.update(epoch=at_epoch, step=0, rank=ctx.rank)
-            return train_one_epoch(model, data, config, ctx, at_epoch, captured)
+            return train_one_epoch(model, data, config, ctx, at_epoch, captured, **options)
 
         def killing_batch(*args):  # noqa: ANN002, ANN202 — make_batch runs once per training step
             if (where["epoch"], where["step"], where["rank"]) == (epoch, step, rank) and not marker.exists():

@@ -33,3 +33,14 @@ def test_every_source_folder_is_a_package_so_a_wheel_ships_it() -> None:
     root = AAE.parent
     folders = {path.parent for name in ("aae", "pipeline") for path in (root / name).rglob("*.py")}
     assert sorted(str(f.relative_to(root)) for f in folders if not (f / "__init__.py").exists()) == []
+
+
+def test_evaluation_and_inference_do_not_import_the_training_loop_ray_or_wandb() -> None:
+    import subprocess
+    import sys
+
+    script = ("import sys\nimport pipeline.stages.evaluate, pipeline.stages.visualize, pipeline.inference\n"
+              "print(sorted(m for m in ('pipeline.loop', 'pipeline.cuda_graphs', 'ray', 'wandb') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -49,3 +49,12 @@ def test_the_use_a_trained_model_examples_run_as_written(synthetic_dataset, tmp_
         assert done.returncode == 0, f"{code}\n{done.stderr[-3000:]}"
     for made in ("my_digits.parquet", "my_digits_map.png", "samples_by_digit.png"):
         assert (tmp_path / made).stat().st_size > 0, made
+
+
+def test_the_readme_is_short_and_links_every_docs_page() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 300
+    for page in sorted((README.parent / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in text, page.name
+    for target in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)\)", text):  # no link into nothing
+        assert (README.parent / target).exists(), target

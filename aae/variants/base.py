@@ -21,8 +21,6 @@ from aae.optim import OptimConfig, build_optimizer
 from aae.phases import GradSync
 from aae.priors import Prior
 
-LABEL_NEEDS = ("none", "some", "all")
-
 
 @dataclass
 class NetworkConfig:
@@ -34,6 +32,17 @@ class NetworkConfig:
     encoder: str = "deterministic"  # "deterministic" | "gaussian" | "universal"
     init_std: float = 0.01
     recon_loss: str = "bce"  # "bce" | "mse"
+
+    # What each key means, for docs/configuration.md (a subclass documents the keys it adds).
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "input_dim": "values per image (784: 28x28 grey; 3072: 3x32x32 colour); the pipeline sets it from the data",
+        "hidden": "the encoder's and decoder's hidden layer widths",
+        "network": "`mlp`, or `conv` for 3x32x32 images (three stride-2 convolutions, then one hidden layer)",
+        "encoder": "`deterministic`, `gaussian` (a posterior mean and variance) or `universal` (noise as an input), "
+                   "the paper's three kinds",
+        "init_std": "weights start as N(0, init_std²)",
+        "recon_loss": "`bce` (summed over pixels) or `mse`",
+    }
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -52,6 +61,12 @@ class AdversarialConfig(NetworkConfig):
     disc_noise_std: float = 0.0  # Gaussian noise on discriminator inputs (0.3 stabilised reproductions)
     disc_init: str = "normal"  # "normal": N(0, init_std), the paper's; "he": scaled by fan-in (aae.networks)
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "disc_hidden": "the discriminators' hidden layer widths",
+        "disc_noise_std": "Gaussian noise of this std added to the discriminators' inputs",
+        "disc_init": "`normal`: the paper's N(0, init_std²); `he`: scaled by each layer's fan-in",
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.disc_hidden = tuple(int(h) for h in self.disc_hidden)
@@ -69,6 +84,12 @@ class CodeConfig:
     z_dim: int = 2
     prior: str = "gaussian"
     prior_params: dict[str, Any] = field(default_factory=dict)
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "z_dim": "the size of the code z",
+        "prior": "`gaussian`, `mixture`, `swiss_roll`, `uniform`, or an import path `package.module:Class`",
+        "prior_params": "the prior's own parameters (e.g. `{std: 5}`, `{n_components: 10}`)",
+    }
 
 
 @dataclass
@@ -168,6 +189,14 @@ class AAEModel(nn.Module):
         models whose code has no Gaussian prior."""
         return None
 
+    def style_codes(self, x: Tensor, chunk: int = 1000) -> tuple[Tensor, float] | None:
+        """style() over x a chunk at a time: the style codes (on the CPU) and their Gaussian prior's std, or None
+        for a model without a Gaussian style prior."""
+        styles = [self.style(part) for part in x.split(chunk)]
+        if styles[0] is None:
+            return None
+        return torch.cat([codes.cpu() for codes, _ in styles]), styles[0][1]
+
     def reconstruction(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Pixel probabilities of x passed through the autoencoder (labels only for label-fed decoders)."""
         return self.decode(self.encode(x))
@@ -231,7 +260,7 @@ class AAEModel(nn.Module):
         decay), its settings take over from the epoch reached; the momentum buffers carry over."""
         self.load_state_dict(state["model"])
         if state["optim_config"] is not None:
-            saved = OptimConfig.from_state(state["optim_config"])
+            saved = OptimConfig(**state["optim_config"])
             self.configure_optimizers(saved)
             for phase, opt_state in state["optimizers"].items():
                 self.optimizers[phase].load_state_dict(opt_state)

@@ -10,6 +10,7 @@ differs (the representation, a penalty joining the reconstruction step).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,14 @@ class CategoricalConfig(AdversarialConfig):
     # the paper): the decoder must then draw those digits from y alone, so decoding (y_i, z = 0), the cluster
     # head, learns to show cluster i's digit, and y receives the reconstruction gradient z would otherwise take.
     style_drop: float = 0.0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "z_dim": "the size of the style code z",
+        "z_prior_std": "the std of z's Gaussian prior",
+        "y_batchnorm": "BatchNorm on the y logits before the softmax (keeps every category in use)",
+        "y_scale": "y is multiplied by this where the decoder reads it",
+        "style_drop": "the share of each reconstruction batch decoded with z = 0, from y alone",
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from aae.variants.categorical import CategoricalAAE, CategoricalConfig
 
@@ -12,6 +13,8 @@ class ClusteringConfig(CategoricalConfig):
     """Number of clusters m (the paper: 16 or 30)."""
 
     n_clusters: int = 16
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"n_clusters": "the number of clusters (y's size)"}
 
 
 class ClusteringAAE(CategoricalAAE):

@@ -8,6 +8,7 @@ phase that updates W_C. With use_labels, a supervised phase fits q(y|x) to the l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -30,6 +31,12 @@ class DimReductionConfig(CategoricalConfig):
     n_clusters: int = 10
     eta: float = 1.0
     use_labels: bool = True
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_clusters": "the number of cluster heads (y's size; the classes when trained with labels)",
+        "eta": "the distance every pair of cluster heads is kept apart",
+        "use_labels": "fit q(y|x) to the labelled examples (false: unsupervised clusters)",
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from aae.variants.base import _check
 from aae.variants.single_code import SingleCodeConfig
@@ -14,8 +15,13 @@ class LabelledConfig(SingleCodeConfig):
 
     n_classes: int = 10
     # Not in the paper. For the supervised AAE, at 1, against a style code of std 1-5, the decoder learns to
-    # take the class from z and ignores y (benchmarks/results/fidelity.md).
+    # take the class from z and ignores y (docs/deviations.md).
     y_scale: float = 1.0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_classes": "the number of classes",
+        "y_scale": "the one-hot label is multiplied by this where the model reads it",
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,6 +7,7 @@ Defaults are the paper's recipe taken literally (paper §5; benchmarks/results/s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from aae.variants.categorical import CategoricalAAE, CategoricalConfig
 
@@ -16,6 +17,8 @@ class SemiSupervisedConfig(CategoricalConfig):
     """Number of classes (the y head's size)."""
 
     n_classes: int = 10
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {"n_classes": "the number of classes (y's size)"}
 
 
 class SemiSupervisedAAE(CategoricalAAE):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.ray.loopback import listen_on_loopback_only
+from pipeline.ray.internals import listen_on_loopback_only, send_token_if_available
 from pipeline.signals import sigterm_kept
 
 
@@ -132,7 +132,7 @@ def _join(address: str) -> None:
     import ray
 
     _probe(address)
-    token_sent = _use_token_if_available()
+    token_sent = send_token_if_available()
     with _stderr_captured() as captured, sigterm_kept():
         try:
             ray.init(address=address, **_INIT_OPTIONS)
@@ -148,21 +148,6 @@ def _join(address: str) -> None:
             "RAY_AUTH_TOKEN_PATH=<file> (on the head machine `ray get-auth-token` prints it)",
         )
     raise UserError(f"cannot reach the Ray cluster at {address} ({reason})", _UNREACHABLE_FIX)
-
-
-def _use_token_if_available() -> bool:
-    """Send the token of a token-authenticated head (Ray 2.60's default for `ray start --head`).
-
-    Ray turns token mode on by itself only for clusters it finds on its own, never for an explicit address,
-    so `run --address` to a head on this machine would be refused. A head without authentication accepts a
-    token too. RAY_AUTH_MODE, when the user set it, is respected."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return False
-    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
 
 
 class _Captured:

@@ -13,7 +13,7 @@ from ray.train import ControllerError, TrainingFailedError
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.ray.cluster import WorkerResources, plan_resources
-from pipeline.ray.loopback import loopback_torch_config
+from pipeline.ray.internals import loopback_torch_config, session_dir
 from pipeline.ray.nodes import record_worker
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.tracking import NullTracker, Tracker, dataset_artifact, make_tracker
@@ -97,7 +97,7 @@ def fit(config: Config, run: RunDir, plan: WorkerResources, name: str = "train",
             callbacks=callbacks,
             failure_config=FailureConfig(max_failures=config.run.max_failures),
         ),
-        # A local run's workers host their rendezvous on loopback, as its Ray listens (pipeline.ray.loopback).
+        # A local run's workers host their rendezvous on loopback, as its Ray listens (pipeline.ray.internals).
         torch_config=TorchConfig(backend=backend) if config.run.address else loopback_torch_config(backend),
     )
     started = time.time()
@@ -193,11 +193,8 @@ def controller_log_errors(since: float = 0.0, limit: int = 20_000) -> str:
 
     Where the controller's exception is the only clue (it crosses the actor boundary without its traceback),
     the log it wrote is kept beside it in the run's error log. Best effort: '' where nothing can be read."""
-    try:
-        import ray
-
-        session = Path(ray._private.worker._global_node.get_session_dir_path())  # no public API names it
-    except Exception:  # not connected, or a Ray without this private attribute
+    session = session_dir()
+    if session is None:
         return ""
     lines = []
     for path in sorted(session.glob("logs/train/ray-train-sys-controller-*.log")):

@@ -1,7 +1,7 @@
 """The pipeline's stages: prepare, train, evaluate, visualize, track.
 
 Each is a plain function `(Config, RunDir) -> dict` in its own module: what it returns is recorded as the stage's
-outputs in the run's manifest, and a "metrics" entry, if any, is merged into the run's metrics. pipeline/run.py
+outputs in the run's manifest, and a "metrics" entry, if any, is merged into the run's metrics. pipeline/chain.py
 lists them in order with the inputs each one hashes, and runs them.
 """
 

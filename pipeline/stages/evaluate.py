@@ -20,11 +20,11 @@ import torch
 from aae import metrics as m
 from aae.variants.base import AAEModel
 from pipeline.config import Config
-from pipeline.loop import style_codes
+from pipeline.data.splits import Split, load_eval_split
 from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.stages import EVALUATION_FILE
-from pipeline.stages.trained import CHUNK, Split, batched, load_eval_split, load_trained_model
+from pipeline.stages.trained import CHUNK, batched, load_trained_model
 
 # Test digits whose styles the style-grid measure renders as every class.
 STYLE_GRID_DIGITS = 1000
@@ -146,7 +146,7 @@ def degeneracy(inputs: Inputs) -> Outcome:
     if model.y_head is not None:
         usage = m.category_usage(inputs.test_probs)
         metrics.update({f"test/{key}": value for key, value in usage.items()})
-    styles = style_codes(model, x, CHUNK)
+    styles = model.style_codes(x, CHUNK)
     if styles is not None:
         metrics["test/z_std_ratio"] = m.spread_ratio(*styles)
         metrics.update({f"test/{key}": value for key, value in m.gaussian_fit(*styles).items()})
@@ -195,7 +195,7 @@ def _unread(what: str, judge_error: float) -> str:
 
 
 # Below this share of heads read as their cluster's digit, the heads figure shows the style code's digit, not
-# the clusters' (cluster16 before style_drop: 6-44%; with it: 87.5-100%; fidelity.md, seventh pass).
+# the clusters' (cluster16 without style_drop: 6-44%; with it: 87.5-100%; docs/deviations.md).
 HEADS_RIGHT_FLOOR = 50.0
 
 
@@ -211,7 +211,7 @@ def heads_warning(metrics: dict[str, Any]) -> str | None:
         f"are read as their cluster's digit (distinct digits among them: {distinct}): the decoder barely reads y. "
         "The clusters themselves are scored from q(y|x) and are unaffected. For heads that show the clusters: "
         "more epochs, and model.params.style_drop=0.1 with model.params.y_scale=2 (cluster16's config; on "
-        "cluster30 it leaves fewer categories in use, see benchmarks/results/fidelity.md)."
+        "cluster30 it leaves fewer categories in use, see docs/deviations.md)."
     )
 
 

@@ -18,7 +18,7 @@ from pipeline.rundir import DIVERGED, RunDir, atomic_write_text
 # The optimiser phase a loss (as metrics.jsonl names it, less train/ and _loss) belongs to.
 LOSS_PHASE = {"recon": "reconstruction", "disc": "discriminator", "gen": "generator", "supervised": "supervised"}
 # A first clip to try on a phase that has none: the reconstruction norm of a healthy MNIST run is about 33, the
-# 2-D models train at the paper's rates with every phase clipped at 5 (benchmarks/results/fidelity.md).
+# 2-D models train at the paper's rates with every phase clipped at 5 (docs/deviations.md).
 FIRST_CLIP = {"reconstruction": 30.0, "discriminator": 5.0, "generator": 5.0, "supervised": 5.0}
 
 

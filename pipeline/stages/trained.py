@@ -6,28 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from aae.variants import build_model
 from aae.variants.base import AAEModel
 from pipeline.checkpoints import read_checkpoint
 from pipeline.config import Config
-from pipeline.data import load_split
 from pipeline.errors import UserError, command
-from pipeline.loop import to_float
 from pipeline.rundir import RunDir
 
 # Rows pushed through a network at once: bounds memory (a 2x1000 MLP on 1000 rows is a few MB).
 CHUNK = 1000
-
-
-@dataclass
-class Split:
-    """One data split as flat [0, 1] floats (N, D) and integer labels (N,)."""
-
-    x: torch.Tensor
-    y: np.ndarray
 
 
 @dataclass
@@ -37,17 +26,6 @@ class TrainedModel:
     model: AAEModel
     epoch: int
     checkpoint: Path
-
-
-def load_eval_split(config: Config, split: str, limit: int | None = None) -> Split:
-    """A split of the run's dataset ("train" honours data.limit, as training did); `limit` keeps the first rows."""
-    data_dir = Path(config.data.data_dir) if config.data.data_dir else None
-    images, labels = load_split(config.data.dataset, split, data_dir)
-    if split == "train" and config.data.limit is not None:
-        images, labels = images[: config.data.limit], labels[: config.data.limit]
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return Split(x=to_float(images), y=np.asarray(labels, dtype=np.int64))
 
 
 def load_trained_model(config: Config, run: RunDir, input_dim: int) -> TrainedModel:

@@ -23,10 +23,11 @@ from sklearn.decomposition import PCA
 from aae.priors import GaussianPrior
 from aae.variants.base import AAEModel
 from pipeline.config import Config
+from pipeline.data.splits import Split, load_eval_split
 from pipeline.plans import plan_for
 from pipeline.rundir import RunDir, atomic_write_bytes
 from pipeline.stages import FIGURE_DIR
-from pipeline.stages.trained import Split, batched, load_eval_split, load_trained_model
+from pipeline.stages.trained import batched, load_trained_model
 
 SCATTER_POINTS = 5000  # hold-out codes drawn in the scatter plots
 GRID = 20  # images per side of the prior-grid figure

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pytest
 import torch
 
@@ -66,18 +64,6 @@ def test_a_phase_left_out_or_none_takes_the_default_of_the_kind() -> None:
     c = OptimConfig(kind="adam", lr={"generator": 0.2, "supervised": None}, momentum={"discriminator": 0.5})
     assert c.lr == {"reconstruction": 3e-4, "discriminator": 1e-4, "generator": 0.2, "supervised": 3e-4}
     assert c.momentum == {**DEFAULT_MOMENTUM, "discriminator": 0.5}
-
-
-def test_from_state_reads_this_release_and_the_previous_releases_flat_fields() -> None:
-    c = OptimConfig(lr={"reconstruction": 0.003}, momentum={"generator": 0.5}, decay_epochs=(2,),
-                    clip_grad_norm={"generator": 5.0})
-    assert OptimConfig.from_state(asdict(c)) == c
-    old = {  # asdict() of the previous release's OptimConfig, as its checkpoints hold it
-        "kind": "sgd", "recon_lr": 0.003, "recon_momentum": 0.9, "disc_lr": 0.1, "disc_momentum": 0.1,
-        "gen_lr": 0.1, "gen_momentum": 0.5, "supervised_lr": 0.1, "supervised_momentum": 0.9,
-        "decay_epochs": (2,), "decay_factor": 0.1, "adam_betas": (0.5, 0.999), "clip_grad_norm": {"generator": 5.0},
-    }
-    assert OptimConfig.from_state(old) == c
 
 
 def test_a_restored_state_takes_new_rates_with_the_decays_already_passed_and_keeps_its_momentum() -> None:

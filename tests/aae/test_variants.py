@@ -97,22 +97,6 @@ def test_a_training_state_survives_torch_save_and_a_weights_only_load(tmp_path) 
     assert hyperparameters(model)["generator"] == (0.1, 0.5, 5.0)
 
 
-def test_a_checkpoint_of_the_previous_release_with_flat_rate_fields_still_loads(tmp_path) -> None:
-    model = tiny("semi_supervised")
-    model.configure_optimizers(OptimConfig(lr={"reconstruction": 0.003, "supervised": 0.01},
-                                           momentum={"generator": 0.5}, decay_epochs=(1,)))
-    state = model.training_state()
-    state["optim_config"] = {  # what the previous release's asdict(OptimConfig) saved for the same settings
-        "kind": "sgd", "recon_lr": 0.003, "recon_momentum": 0.9, "disc_lr": 0.1, "disc_momentum": 0.1,
-        "gen_lr": 0.1, "gen_momentum": 0.5, "supervised_lr": 0.01, "supervised_momentum": 0.9,
-        "decay_epochs": (1,), "decay_factor": 0.1, "adam_betas": (0.5, 0.999), "clip_grad_norm": {},
-    }
-    torch.save(state, tmp_path / "old.pt")
-    resumed = tiny("semi_supervised")
-    resumed.load_training_state(torch.load(tmp_path / "old.pt", weights_only=True))
-    assert resumed.optim_config == model.optim_config
-    assert hyperparameters(resumed) == hyperparameters(model)
-
 def test_grad_sync_is_called_once_per_phase_with_that_phases_parameters() -> None:
     model = tiny("semi_supervised")
     calls: list[int] = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pipeline.config import config_to_yaml, list_experiments, load_config
+from pipeline.config import config_to_yaml, flat_config, list_experiments, load_config
 from pipeline.errors import UserError
 
 PAPER_EXPERIMENTS = {
@@ -70,3 +72,13 @@ def test_malformed_yaml_file_is_a_user_error(tmp_path) -> None:
     bad.write_text("train: {epochs: 3\n  seed: [\n")
     with pytest.raises(UserError, match="malformed YAML"):
         load_config(str(bad))
+
+
+def test_configuration_md_lists_every_key_as_the_code_has_it() -> None:
+    from pipeline.config_docs import render
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert page == render(), "docs/configuration.md is stale: python -m pipeline.config_docs > docs/configuration.md"
+    for key in flat_config(load_config("semisup")):
+        if not key.startswith(("model.params", "experiment")):
+            assert f"`{key}`" in page, key

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.data.splits import load_training_data
 from pipeline.loop import (
     WorkerContext,
     build_training_model,
     captured_steps,
-    load_training_data,
     train_one_epoch,
     uses_cuda_graphs,
 )
@@ -25,7 +25,7 @@ from tests.conftest import tiny_overrides
 def test_replayed_steps_train_exactly_like_the_eager_loop(experiment: str, labels: str, synthetic_dataset) -> None:
     # decay_epochs=[1]: every rate drops after the first epoch, which must trigger a fresh capture.
     config = load_config(experiment, tiny_overrides(synthetic_dataset, f"data.labels={labels}",
-                                                    "train.decay_epochs=[1]", "run.steps_per_graph=4"))
+                                                    "train.decay_epochs=[1]"))
     data = load_training_data(config)
     ctx = WorkerContext()
 

@@ -12,11 +12,12 @@ import torch
 
 from aae.metrics import PARZEN_SIGMAS, category_log_odds
 from pipeline.config import Config, config_to_yaml, load_config
+from pipeline.data.splits import load_eval_split
 from pipeline.errors import UserError
 from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import CONFIG_FILE, RunDir
 from pipeline.stages.evaluate import Inputs, cluster_heads, evaluate, heads_warning, style_grid
-from pipeline.stages.trained import load_eval_split, load_trained_model
+from pipeline.stages.trained import load_trained_model
 from tests.conftest import tiny_overrides
 
 # Few Parzen samples keep each evaluation to about a second.

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pipeline.config import list_experiments, load_config
+from pipeline.data.splits import load_training_data
 from pipeline.loop import (
     WorkerContext,
     build_training_model,
-    load_training_data,
     make_batch,
     validate,
     validation_metric,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.loop import WorkerContext, build_training_model, load_training_data, train_loop, validate
+from pipeline.data.splits import load_training_data
+from pipeline.loop import WorkerContext, build_training_model, train_loop, validate
 from pipeline.rundir import RunDir
 from pipeline.stages.train import degeneracy_warning, divergence_advice
 from tests.conftest import tiny_overrides

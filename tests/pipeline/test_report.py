@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -72,6 +74,37 @@ def test_two_runs_of_one_setting_get_a_row_each(tmp_path, capsys, monkeypatch) -
     lines = report_lines(runs, capsys, monkeypatch)
     first = lines.index(row_of(lines, "1000 labels"))
     assert "3.00" in lines[first] and "5.00" in lines[first + 1] and "1.60" not in lines[first + 1]
+
+
+def test_in_80_columns_the_report_keeps_the_paper_s_aae_number_and_ours_unwrapped(tmp_path, capsys,
+                                                                                  monkeypatch) -> None:
+    runs = [fake_run(tmp_path / "semisup-20261207-101500", "semisup", ["data.labels=100"], {"test/error": 12.345}),
+            fake_run(tmp_path / "cluster30-20261207-111500", "cluster30", [], {"test/cluster_error": 40.5})]
+    monkeypatch.setenv("COLUMNS", "80")
+    print_report(runs)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    semi = row_of(lines, "100 labels")
+    assert semi.split() == ["100", "labels", "1.90", "±", "0.10", "12.35", "3", "(best", "2)",
+                            "semisup-20261207-101500"]
+    assert any(line.startswith("(left out to fit 80 columns: NN baseline") for line in lines)
+
+
+def test_report_as_markdown_csv_and_json_holds_every_column(tmp_path, capsys) -> None:
+    run = fake_run(tmp_path / "semi", "semisup", ["data.labels=100"], {"test/error": 12.345})
+    print_report([run], "markdown")
+    markdown = capsys.readouterr().out
+    assert "| setting | paper AAE | ours | epochs | run | NN baseline | VAE M1+M2 | ADGM |" in markdown
+    assert "| 100 labels | 1.90 ± 0.10 | 12.35 | 3 (best 2) | semi | 25.80 | 3.33 ± 0.14 | 0.96 ± 0.02 |" in markdown
+    print_report([run], "csv")
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert ["Semi-supervised classification, MNIST and SVHN (test error %)", "100 labels", "1.90 ± 0.10", "12.35",
+            "3 (best 2)", "semi", "25.80", "3.33 ± 0.14", "0.96 ± 0.02"] in rows
+    print_report([run], "json")
+    [semisup, *_] = json.loads(capsys.readouterr().out)
+    assert semisup["rows"][0]["ours"] == "12.35" and semisup["rows"][0]["ADGM"] == "0.96 ± 0.02"
+    with pytest.raises(UserError, match="unknown --format 'html'"):
+        print_report([run], "html")
 
 
 def test_paper_numbers_live_in_one_structure_with_one_value_per_method() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import run as run_module
+from pipeline import chain
 from pipeline.config import config_to_yaml, load_config
 from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import CONFIG_FILE, LOCK_FILE, RunDir, atomic_write_text
@@ -23,7 +23,7 @@ def trained_run(dataset: dict[str, str], path: Path, epochs: int = 2) -> RunDir:
     path.mkdir()
     run = RunDir(path)
     atomic_write_text(path / CONFIG_FILE, config_to_yaml(config))
-    run.update_manifest(experiment=config.experiment, run_key=run_module.run_key(config),
+    run.update_manifest(experiment=config.experiment, run_key=chain.run_key(config),
                         config=config.model_dump(mode="json"))
     run.record_stage("train", status="done")
     train_loop(config, run, WorkerContext())
@@ -67,11 +67,11 @@ def test_a_resume_that_changes_the_model_is_refused_before_anything_is_written(s
 
 def test_a_resume_records_the_training_settings_it_changed(synthetic_dataset, tmp_path, monkeypatch) -> None:
     run = trained_run(synthetic_dataset, tmp_path / "run")
-    monkeypatch.setattr(run_module, "connect_ray", lambda config: None)
-    monkeypatch.setattr(run_module, "_run_stage", lambda stage, config, run, digest, redo: None)
-    config, resumed = run_module.resolve_run(None, ["train.lr.reconstruction=0.001"], {"train.epochs": 3}, None,
+    monkeypatch.setattr(chain, "connect_ray", lambda config: None)
+    monkeypatch.setattr(chain, "_run_stage", lambda stage, config, run, digest, redo: None)
+    config, resumed = chain.resolve_run(None, ["train.lr.reconstruction=0.001"], {"train.epochs": 3}, None,
                                              run.path)
-    run_module.run_experiment(config, resumed, stages=("train",))
+    chain.run_chain(config, resumed, stages=("train",))
     [change] = run.read_manifest()["config_changes"]
     assert change == {"after_epoch": 2, "changed": {"train.epochs": [2, 3],
                                                     "train.lr.reconstruction": [None, 0.001]}}
@@ -108,8 +108,8 @@ def test_eval_of_an_unfinished_run_warns_that_the_model_is_partial(synthetic_dat
     atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(planned))
     run.record_stage("train", status="interrupted")  # stopped after epoch 2 of the 5 it was started for
     evaluated = []
-    monkeypatch.setattr(run_module, "run_experiment", lambda config, run, **kwargs: evaluated.append(kwargs))
-    run_module.evaluate_existing(run.path)
+    monkeypatch.setattr(chain, "run_chain", lambda config, run, **kwargs: evaluated.append(kwargs))
+    chain.evaluate_existing(run.path)
     out = capsys.readouterr().out
     assert "training of this run did not finish (interrupted after epoch 2 of 5)" in out
     assert f"aae-pipeline run --resume {run.path}" in out and evaluated

@@ -19,8 +19,8 @@ from pipeline.config import config_to_yaml, load_config
 from pipeline.data import load_label_split, load_split, prepare_dataset
 from pipeline.data.idx import read_idx, read_idx_dir
 from pipeline.data.labels import balanced_subset
+from pipeline.data.splits import load_training_data
 from pipeline.errors import UserError
-from pipeline.loop import load_training_data
 from pipeline.rundir import RunDir
 from pipeline.stages.prepare import prepare
 from tests.conftest import tiny_overrides

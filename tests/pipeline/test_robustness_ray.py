@@ -4,7 +4,6 @@ error. Ray cases run the real CLI in subprocesses; every Ray they start lives in
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -26,7 +25,7 @@ from pipeline.ray import cluster
 from pipeline.ray.nodes import worker_records
 from pipeline.rundir import RunDir, driving
 from tests.conftest import tiny_overrides
-from tests.helpers import held_by_another_process
+from tests.helpers import held_by_another_process, listening_addresses, on_loopback
 from tests.pipeline.test_run_cli import epochs_logged, run_cli, sets
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -350,47 +349,6 @@ def test_ctrl_c_says_what_was_kept_and_how_to_continue(synthetic_dataset, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert epochs_logged(run_dir) == [*kept, kept[-1] + 1]
     assert manifest(run_dir)["stages"]["train"]["status"] == "done"
-
-
-def listening_addresses(root_pid: int) -> list[str]:
-    """The local address of every TCP socket listening in `root_pid` or its descendants (from /proc, so that no
-    tool need be installed)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    pids, todo = set(), [root_pid]
-    while todo:
-        pid = todo.pop()
-        pids.add(pid)
-        todo.extend(children.get(pid, []))
-    inodes = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").glob("*"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    addresses = []
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state, inode = line.split()[1], line.split()[3], line.split()[9]
-            if state == "0A" and inode in inodes:  # 0A: LISTEN
-                address, port = local.split(":")
-                raw = bytes.fromhex(address)
-                # /proc prints each 32-bit word of the address in host (little-endian) order
-                ordered = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-                host = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, ordered)
-                addresses.append(f"{host}:{int(port, 16)}")
-    return addresses
-
-
-def on_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0]
-    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline import run as run_module
+from pipeline import chain as chain_module
 from pipeline.checkpoints import checkpoint_bytes, read_checkpoint
 from pipeline.config import load_config
 from pipeline.errors import StageError
@@ -32,31 +32,31 @@ def chain(monkeypatch, tmp_path):
             return {"metrics": {f"{name}/done": 1.0}}
         return stage_fn
 
-    stubs = {stage.name: make(stage.name) for stage in run_module.STAGES}
-    in_process = tuple(replace(stage, as_task=False) for stage in run_module.STAGES)
-    monkeypatch.setattr(run_module, "STAGES", in_process)
-    monkeypatch.setattr(run_module.Stage, "load", lambda stage: stubs[stage.name])
-    monkeypatch.setattr(run_module, "connect_ray", lambda config: None)
+    stubs = {stage.name: make(stage.name) for stage in chain_module.STAGES}
+    in_process = tuple(replace(stage, as_task=False) for stage in chain_module.STAGES)
+    monkeypatch.setattr(chain_module, "STAGES", in_process)
+    monkeypatch.setattr(chain_module.Stage, "load", lambda stage: stubs[stage.name])
+    monkeypatch.setattr(chain_module, "connect_ray", lambda config: None)
     config = load_config("semisup", ["tracking.wandb=disabled"])
     return config, RunDir(tmp_path / "run"), calls, stubs
 
 
 def test_second_run_reuses_every_stage_and_a_config_change_redoes_from_the_first_affected(chain) -> None:
     config, run, calls, _ = chain
-    run_module.run_experiment(config, run)
+    chain_module.run_chain(config, run)
     assert calls == ["prepare", "train", "evaluate", "visualize", "track"]
     calls.clear()
-    run_module.run_experiment(config, run)
+    chain_module.run_chain(config, run)
     assert calls == []
-    run_module.run_experiment(load_config("semisup", ["tracking.wandb=disabled", "evaluate.parzen_samples=10"]), run)
+    chain_module.run_chain(load_config("semisup", ["tracking.wandb=disabled", "evaluate.parzen_samples=10"]), run)
     assert calls == ["evaluate", "track"]  # evaluate's inputs changed; visualize's did not
 
 
 def test_from_train_redoes_training_from_scratch_and_keeps_the_old_results(chain) -> None:
     config, run, calls, _ = chain
-    run_module.run_experiment(config, run)
+    chain_module.run_chain(config, run)
     calls.clear()
-    run_module.run_experiment(config, run, from_stage="train")
+    chain_module.run_chain(config, run, from_stage="train")
     assert calls == ["train", "evaluate", "visualize", "track"]
     archived = list(run.path.glob("previous-*/checkpoints/best.pt"))
     assert len(archived) == 1 and read_checkpoint(archived[0])["training_state"] == {"calls": 2}
@@ -70,7 +70,7 @@ def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain) -> None:
 
     stubs["visualize"] = broken
     with pytest.raises(StageError, match="stage 'visualize' failed.*figure backend exploded"):
-        run_module.run_experiment(config, run)
+        chain_module.run_chain(config, run)
     stages_record = run.read_manifest()["stages"]
     assert [stages_record[name]["status"] for name in ("prepare", "train", "evaluate", "visualize")] == [
         "done", "done", "done", "failed"]
@@ -78,6 +78,6 @@ def test_failed_stage_is_recorded_and_earlier_stages_are_kept(chain) -> None:
 
 
 def test_every_stage_names_a_function_that_exists() -> None:
-    for stage in run_module.STAGES:
+    for stage in chain_module.STAGES:
         assert callable(stage.load()), stage.function
         assert stage.load().__name__ == stage.name

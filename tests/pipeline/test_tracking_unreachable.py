@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import wandb
 
+from pipeline.chain import _print_summary
 from pipeline.config import config_to_yaml, load_config
-from pipeline.run import _print_summary
 from pipeline.rundir import RunDir
 from pipeline.stages.track import track
 from pipeline.sweep import _track_summary

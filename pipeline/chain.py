@@ -165,7 +165,7 @@ def _resume(path: Path, overrides: list[str], flags: dict[str, Any]) -> tuple[Co
     return config, RunDir(path)
 
 
-def run_experiment(
+def run_chain(
     config: Config, run: RunDir, from_stage: str | None = None, force: bool = False,
     stages: tuple[str, ...] = STAGE_NAMES, command_line: str | None = None,
 ) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def evaluate_existing(run_dir: Path, wandb: str | None = None, force: bool = Fal
             f"after epoch {max(epochs, default=0)} of {config.train.epochs}); evaluating its best checkpoint so far. "
             f"Finish it with: {command('aae-pipeline run --resume', run.path)}[/bold yellow]"
         )
-    return run_experiment(config, run, force=force, stages=("evaluate", "visualize", "track"),
+    return run_chain(config, run, force=force, stages=("evaluate", "visualize", "track"),
                           command_line=command_line)
 
 
