@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -134,11 +133,16 @@ def cluster_error_majority(
 
 def nmi(probs_or_assignments: ArrayLike, labels: ArrayLike) -> float:
     """Normalised mutual information (arithmetic mean normaliser) between clusters and labels, in [0, 1]."""
+    # Imported here: scikit-learn (with SciPy) takes ~2 s to import, and loading a model for predict never needs it.
+    from sklearn.metrics import normalized_mutual_info_score
+
     return float(normalized_mutual_info_score(_int_labels(labels), _hard_labels(probs_or_assignments)))
 
 
 def ari(probs_or_assignments: ArrayLike, labels: ArrayLike) -> float:
     """Adjusted Rand index between clusters and labels (1 = identical partitions, ~0 = chance)."""
+    from sklearn.metrics import adjusted_rand_score
+
     return float(adjusted_rand_score(_int_labels(labels), _hard_labels(probs_or_assignments)))
 
 

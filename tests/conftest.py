@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +43,23 @@ def synthetic_svhn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     mat_dir = write_synthetic_svhn_dir(root / "mat")
     prepare_dataset(f"svhn:{mat_dir}", root / "data")
     return {"data.dataset": f"svhn:{mat_dir}", "data.data_dir": str(root / "data")}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator:
+    """One Ray head with 4 CPUs and token authentication, shared by every test that needs a cluster but not one
+    of its own: each joins it with `--address` and works in its own directory, as Ray's suite shares
+    `ray_start_regular_shared`. Its nodes have this checkout on PYTHONPATH, as a cluster has its users' code."""
+    from tests.helpers import REPO, RayCluster
+
+    root = Path(tempfile.mkdtemp(prefix="aae-head-", dir="/tmp"))  # short: Ray's socket paths must fit
+    cluster = RayCluster(root, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    try:
+        cluster.start_node("node_head", cpus=4)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # Small nets keep every pipeline test to seconds on two cores; the real sizes are exercised by benchmarks.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
@@ -11,6 +12,8 @@ from aae.metrics import category_usage
 from aae.optim import PHASES, OptimConfig
 from aae.variants import build_model
 from aae.variants.base import AAEModel
+
+pytestmark = pytest.mark.slow  # a thousand or more SGD steps each
 
 # Small nets need a wider init than the paper's 0.01 (tuned for 1000-unit layers) to pass signal.
 SMALL_NETS = {"hidden": (64, 64), "init_std": 0.1}

@@ -7,9 +7,7 @@ it by import path, and `aae-pipeline run` trains, evaluates and draws it like an
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +19,6 @@ from aae.variants.semi_supervised import SemiSupervisedAAE, SemiSupervisedConfig
 from aae.variants.single_code import SingleCodeAAE, SingleCodeConfig
 from pipeline.plans import DEFAULT_PLAN, plan_for
 from tests.conftest import tiny_overrides
-from tests.pipeline.test_run_cli import run_cli
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -88,16 +83,15 @@ def test_a_categorical_variant_whose_y_head_contradicts_its_labels_is_refused() 
 
 
 @pytest.mark.slow
-def test_run_trains_evaluates_and_draws_a_variant_named_by_its_yaml(synthetic_dataset, tmp_path) -> None:
+def test_run_trains_evaluates_and_draws_a_variant_named_by_its_yaml(ray_cluster, synthetic_dataset, tmp_path) -> None:
     experiment = tmp_path / "toy.yaml"
     experiment.write_text(f"description: a toy variant\nmodel:\n  variant: {__name__}:ToyAAE\n"
                           "  params: {z_dim: 3}\n")
     run_dir = tmp_path / "run"
     sets = [arg for override in tiny_overrides(synthetic_dataset) for arg in ("--set", override)]
-    # The CLI and its Ray workers import the variant's module; here that module is this test file.
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    result = run_cli("run", str(experiment), "--epochs", "1", "--workers", "1", "--run-dir", str(run_dir),
-                     "--wandb", "disabled", *sets, cwd=tmp_path, env={"PYTHONPATH": pythonpath})
+    # The CLI and the cluster's workers import the variant's module (this test file) from this checkout.
+    result = ray_cluster.cli("run", str(experiment), "--epochs", "1", "--workers", "1", "--run-dir", str(run_dir),
+                             "--address", ray_cluster.address, "--wandb", "disabled", *sets, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {manifest["stages"][s]["status"] for s in ("train", "evaluate", "visualize")} == {"done"}

@@ -26,8 +26,7 @@ from pipeline.data import load_split
 from pipeline.errors import UserError
 from pipeline.inference import TrainedAAE
 from pipeline.rundir import CONFIG_FILE, RunDir
-from tests.helpers import held_by_another_process, trained_run
-from tests.pipeline.test_run_cli import run_cli
+from tests.helpers import held_by_another_process, run_cli, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +163,7 @@ print("imported:", heavy)
 """
 
 
+@pytest.mark.slow
 def test_an_exported_folder_loads_without_ray_or_wandb_and_answers_as_the_run(runs, test_split, tmp_path) -> None:
     images, _ = test_split
     folder = tmp_path / "semisup-model"
@@ -188,6 +188,7 @@ def test_an_exported_folder_loads_without_ray_or_wandb_and_answers_as_the_run(ru
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "foreign config", "missing weights"])
+@pytest.mark.slow
 def test_a_damaged_model_folder_is_one_line_naming_the_file(runs, tmp_path, damage) -> None:
     folder = tmp_path / "model"
     assert run_cli("export", str(runs["semisup"].path), "--out", str(folder), cwd=tmp_path).returncode == 0
@@ -206,6 +207,7 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(runs, tmp_path, dama
 
 # --- the CLI --------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_on_the_run_s_test_split_writes_typed_rows_that_reproduce_its_error(runs, synthetic_dataset,
                                                                                   tmp_path) -> None:
     out = tmp_path / "predictions.parquet"
@@ -222,6 +224,7 @@ def test_predict_on_the_run_s_test_split_writes_typed_rows_that_reproduce_its_er
     assert error == metrics_of(runs["semisup"])["test/error"]
 
 
+@pytest.mark.slow
 def test_predict_reads_a_user_s_npy_npz_and_parquet_images(runs, test_split, tmp_path) -> None:
     images, labels = test_split
     np.save(tmp_path / "digits.npy", images[:50])
@@ -247,6 +250,7 @@ def test_predict_reads_a_user_s_npy_npz_and_parquet_images(runs, test_split, tmp
     (["--data", "digits.npy", "--out", "taken.parquet"], "taken.parquet already exists"),
     (["--data", "cifar10"], "unknown dataset 'cifar10'"),
 ])
+@pytest.mark.slow
 def test_predict_refuses_bad_input_in_one_line_and_writes_nothing(runs, tmp_path, args, expected) -> None:
     np.save(tmp_path / "digits.npy", np.zeros((4, 28, 28), np.uint8))
     np.save(tmp_path / "strings.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -261,6 +265,7 @@ def test_predict_refuses_bad_input_in_one_line_and_writes_nothing(runs, tmp_path
     assert not [path for path in tmp_path.iterdir() if ".partial" in path.name]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_predict_leaves_no_output(runs, tmp_path) -> None:
     np.save(tmp_path / "many.npy", np.zeros((60_000, 28, 28), np.uint8))
     process = subprocess.Popen(
@@ -277,6 +282,7 @@ def test_ctrl_c_during_predict_leaves_no_output(runs, tmp_path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["many.npy"]
 
 
+@pytest.mark.slow
 def test_sample_writes_a_picture_or_the_arrays_and_refuses_a_label_it_cannot_take(runs, tmp_path) -> None:
     png = run_cli("sample", str(runs["supervised"].path), "--n", "12", "--label", "7", "--out", "sevens.png",
                   cwd=tmp_path)

@@ -6,90 +6,37 @@ stages actually ran, from the run's manifest."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import trained_run
-from tests.pipeline.test_robustness_ray import RAY, _end_group, free_port
-from tests.pipeline.test_run_cli import cli_command, cli_env, epochs_logged, sets
+from tests.helpers import RayCluster, epochs_logged, manifest, sets, trained_run, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-class Cluster:
-    """The nodes' processes, their environment and the head's address."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        home = root / "home"
-        (home / ".ray").mkdir(parents=True)
-        (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-        self.env.update(HOME=str(home), RAY_TMPDIR=str(root))
-        self.address = f"127.0.0.1:{free_port()}"
-        self.nodes: dict[str, subprocess.Popen] = {}
-
-    def start_node(self, name: str, cpus: int, prefix: list[str] | None = None) -> None:
-        """`ray start` one node, with a custom resource named after it, and wait until it runs."""
-        role = ["--head", "--port", self.address.rpartition(":")[2], "--include-dashboard=false"] \
-            if not self.nodes else ["--address", self.address]
-        log_path = self.root / f"{name}.log"
-        with log_path.open("w") as log:
-            self.nodes[name] = subprocess.Popen(
-                [*(prefix or []), RAY, "start", "--block", *role, "--num-cpus", str(cpus),
-                 "--resources", json.dumps({name: 1}), "--disable-usage-stats"],
-                # A node joins an explicit address with the token only in token mode (the CLI does this itself).
-                env={**self.env, **({"RAY_AUTH_MODE": "token"} if self.nodes else {})},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log_path.read_text():
-            assert self.nodes[name].poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.5)
-
-    def node_ids(self) -> dict[str, str]:
-        """Node id → the node's name (its custom resource), as the cluster sees them now."""
-        script = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR')\n"
-                  "print(json.dumps({n['NodeID']: [r for r in n['Resources'] if r.startswith('node_')] "
-                  "for n in ray.nodes() if n['Alive']}))")
-        result = subprocess.run([sys.executable, "-c", script], env={**self.env, "RAY_AUTH_MODE": "token"},
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr[-2000:]
-        return {node: names[0] for node, names in json.loads(result.stdout.splitlines()[-1]).items() if names}
-
-    def cli(self, *args: str, cwd: Path, fault: str | None = None, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(cli_command(*args, fault=fault), cwd=cwd, env=cli_env({**self.env, **env}),
-                              capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster() -> Iterator[RayCluster]:
     root = Path(tempfile.mkdtemp(prefix="aae-nodes-", dir="/tmp"))  # short: Ray's socket paths must fit
-    nodes = Cluster(root)
+    nodes = RayCluster(root)
     try:
         nodes.start_node("node_head", cpus=0)
         nodes.start_node("node_a", cpus=1)
         nodes.start_node("node_b", cpus=1)
         yield nodes
     finally:
-        for process in reversed(list(nodes.nodes.values())):
-            _end_group(process)
+        nodes.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
 def stage_outputs(run_dir: Path) -> dict[str, dict]:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    return {name: record.get("outputs", {}) for name, record in manifest["stages"].items()}
+    return {name: record.get("outputs", {}) for name, record in manifest(run_dir)["stages"].items()}
 
 
 def test_two_workers_train_on_two_nodes_and_every_stage_writes_the_one_run_directory(
@@ -128,6 +75,13 @@ def test_a_killed_worker_group_resumes_from_the_last_checkpoint_on_both_nodes(
     workers = stage_outputs(run_dir)["train"]["workers"]
     assert [worker["starts"] for worker in workers] == [2, 2]  # the whole group started again
     assert sorted(names[worker["node_id"]] for worker in workers) == ["node_a", "node_b"]
+    recorded = manifest(run_dir)
+    assert recorded["stages"]["train"]["status"] == "done" and recorded["metrics"]["epoch"] == 3
+    assert "val/error" in recorded["metrics"] and "train/recon_loss" in recorded["metrics"]
+    assert "epoch   3/3" in result.stdout
+    assert "\x1b[" not in result.stdout + result.stderr  # Ray's "(raylet) A worker died…" notice, uncoloured
+    log = (run_dir / "run.log").read_text()
+    assert "epoch   3/3" in log and "\x1b[" not in log  # the run's log holds what was printed, uncoloured
 
 
 def test_a_sweep_spreads_its_trials_over_the_nodes(cluster, synthetic_dataset, tmp_path) -> None:
@@ -146,13 +100,6 @@ def test_a_sweep_spreads_its_trials_over_the_nodes(cluster, synthetic_dataset, t
     ran_on = [names[json.loads((trial / "ray" / "workers" / "rank-0.json").read_text())["node_id"]]
               for trial in trials]
     assert set(ran_on) == {"node_a", "node_b"}, ran_on
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def _trial_node(trial: Path) -> str | None:
@@ -180,10 +127,10 @@ def test_a_sweep_survives_losing_a_worker_node_and_its_trial_resumes_elsewhere(
             trials = sorted((sweep / "trials").glob("*")) if (sweep / "trials").is_dir() else []
             return next((t for t in trials if _trial_node(t) == victim and epochs_logged(t)), None)
 
-        _wait_for(lambda: victim_trial() is not None or driver.poll() is not None, 300, "a trial on the victim")
+        wait_for(lambda: victim_trial() is not None or driver.poll() is not None, 300, "a trial on the victim")
         lost = victim_trial()
         assert lost is not None, driver.stdout.read() if driver.poll() is not None else "no trial landed there"
-        _end_group(cluster.nodes.pop("node_victim"))  # the node dies with its trial mid-training
+        cluster.stop_node("node_victim", abruptly=True)  # the node dies with its trial mid-training
         output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output[-3000:]
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
@@ -194,7 +141,9 @@ def test_a_sweep_survives_losing_a_worker_node_and_its_trial_resumes_elsewhere(
     assert record["starts"] == 2 and record["node_id"] != victim  # started again, on a surviving node
 
 
-def test_a_sweep_whose_driver_was_killed_resumes_on_the_cluster(cluster, synthetic_dataset, tmp_path) -> None:
+def test_a_sweep_whose_driver_was_killed_resumes_on_the_cluster_without_redoing_finished_trials(
+    cluster, synthetic_dataset, tmp_path
+) -> None:
     (tmp_path / "space.yaml").write_text("model.params.z_dim: {grid: [2, 3, 4, 5]}\n")
     sweep = tmp_path / "sweep"
     with subprocess.Popen(
@@ -206,17 +155,25 @@ def test_a_sweep_whose_driver_was_killed_resumes_on_the_cluster(cluster, synthet
         for line in driver.stdout:  # SIGKILL the driver (no chance to clean up) once a trial has finished
             if " finished: " in line:
                 driver.kill()
+                first = line.split()[1]
                 break
+        else:
+            pytest.fail("the sweep ended before a trial finished")
         driver.wait(timeout=60)
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "running"  # it never got to say more
+    done_before = (sweep / "trials" / first / "metrics.jsonl").read_text()
     resumed = cluster.cli("tune", "--resume", str(sweep), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
+    # The finished trial trained nothing more. (Tune may not have saved its end before the kill: the restore then
+    # starts it again from its last checkpoint, which ends at once, so its "finished" line may be printed again.)
+    assert (sweep / "trials" / first / "metrics.jsonl").read_text() == done_before
+    assert [row["status"] for row in pq.read_table(sweep / "trials.parquet").to_pylist()] == ["completed"] * 4
     trials = sorted((sweep / "trials").iterdir())
     assert len(trials) == 4
     for trial in trials:
         logged = epochs_logged(trial)
-        assert logged[-1] == 3 and logged == sorted(set(logged)), (trial.name, logged)
+        assert logged[-1] == 3 and logged == sorted(set(logged)), (trial.name, logged)  # no epoch trained twice
     names = cluster.node_ids()
     assert {names.get(_trial_node(trial)) for trial in trials} <= {"node_a", "node_b"}  # the CPU nodes
 
@@ -259,4 +216,4 @@ def test_a_node_that_cannot_see_the_run_directory_is_refused_in_one_line(
         assert "cannot see the run directory" in line and "--run-dir" in line
         assert not (hidden / "run" / "checkpoints").exists()  # refused before any training
     finally:
-        _end_group(cluster.nodes.pop("node_blind"))
+        cluster.stop_node("node_blind")

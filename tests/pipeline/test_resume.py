@@ -10,24 +10,14 @@ import pytest
 
 from pipeline import chain
 from pipeline.config import config_to_yaml, load_config
-from pipeline.loop import WorkerContext, train_loop
 from pipeline.rundir import CONFIG_FILE, LOCK_FILE, RunDir, atomic_write_text
-from tests.conftest import tiny_overrides
-from tests.pipeline.test_run_cli import run_cli
+from tests import helpers
+from tests.helpers import run_cli
 
 
-def trained_run(dataset: dict[str, str], path: Path, epochs: int = 2) -> RunDir:
-    """A run directory as `aae-pipeline run` leaves it after `epochs` epochs (config, manifest, checkpoints)."""
-    overrides = tiny_overrides(dataset, "data.labels=100", f"train.epochs={epochs}", "tracking.wandb=disabled")
-    config = load_config("semisup", overrides)
-    path.mkdir()
-    run = RunDir(path)
-    atomic_write_text(path / CONFIG_FILE, config_to_yaml(config))
-    run.update_manifest(experiment=config.experiment, run_key=chain.run_key(config),
-                        config=config.model_dump(mode="json"))
-    run.record_stage("train", status="done")
-    train_loop(config, run, WorkerContext())
-    return run
+def trained_run(dataset: dict[str, str], path: Path) -> RunDir:
+    """A semisup run directory (100 labels) as `aae-pipeline run` leaves it after two epochs, not evaluated."""
+    return helpers.trained_run(dataset, path, "semisup", "data.labels=100", evaluated=False)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -52,6 +42,7 @@ def assert_one_line_refusal(result, *expected: str) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_a_resume_that_changes_the_model_is_refused_before_anything_is_written(synthetic_dataset, tmp_path,
                                                                               no_ray) -> None:
     run = trained_run(synthetic_dataset, tmp_path / "run")
@@ -78,6 +69,7 @@ def test_a_resume_records_the_training_settings_it_changed(synthetic_dataset, tm
     assert load_config(str(run.path / CONFIG_FILE)).train.lr.reconstruction == 0.001
 
 
+@pytest.mark.slow
 def test_a_damaged_last_checkpoint_is_named_with_the_way_back_before_ray_starts(synthetic_dataset, tmp_path,
                                                                               no_ray) -> None:
     run = trained_run(synthetic_dataset, tmp_path / "run")
@@ -92,6 +84,7 @@ def test_a_damaged_last_checkpoint_is_named_with_the_way_back_before_ray_starts(
     assert not list(Path(no_ray["RAY_TMPDIR"]).iterdir())
 
 
+@pytest.mark.slow
 def test_a_damaged_best_checkpoint_is_named_by_eval_before_ray_starts(synthetic_dataset, tmp_path, no_ray) -> None:
     run = trained_run(synthetic_dataset, tmp_path / "run")
     run.best_checkpoint.write_bytes(b"")

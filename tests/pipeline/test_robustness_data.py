@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.stages.prepare import prepare
 from tests.conftest import tiny_overrides
-from tests.pipeline.test_run_cli import run_cli
+from tests.helpers import run_cli
 from tests.synthetic import LABEL_MAGIC, write_idx, write_synthetic_idx_dir
 
 
@@ -53,6 +53,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 # --- 1. data.labels -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_zero_labels_with_a_limit_is_one_line_before_anything_is_written(synthetic_dataset, tmp_path) -> None:
     overrides = tiny_overrides(synthetic_dataset, "data.labels=0", "data.limit=1000")
     result = run_cli("run", "semisup", *[arg for o in overrides for arg in ("--set", o)], cwd=tmp_path)
@@ -186,6 +187,7 @@ def test_os_error_while_writing_a_split_is_a_user_error_and_cleans_up(
     assert snapshot(final) == before
 
 
+@pytest.mark.slow
 def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path) -> None:
     (tmp_path / "b.yaml").write_bytes(b"\x00\xff")
     result = run_cli("run", "b.yaml", cwd=tmp_path)
@@ -195,6 +197,7 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path) -> None:
 # --- 4. empty config files, IDX labels and short IDX files -------------------------------------------
 
 @pytest.mark.parametrize("content", ["", "train:\n  epochs: 3\n"])
+@pytest.mark.slow
 def test_a_config_file_that_names_no_model_is_refused(tmp_path, content: str) -> None:
     (tmp_path / "empty.yaml").write_text(content)
     # The --set keeps an old build that accepts the file from reaching for real MNIST data.

@@ -22,7 +22,7 @@ from pipeline.report import print_report
 from pipeline.rundir import RunDir
 from pipeline.stages.prepare import prepare
 from tests.conftest import tiny_overrides
-from tests.pipeline.test_run_cli import run_cli
+from tests.helpers import run_cli
 from tests.synthetic import synthetic_house_numbers, write_synthetic_svhn_dir
 from tests.wandb_offline import find_offline_runs
 
@@ -142,13 +142,13 @@ def test_the_svhn_experiment_is_listed_and_knows_svhns_size() -> None:
 
 
 @pytest.mark.slow
-def test_synthetic_svhn_chain_prepare_run_evaluate_visualize_report(synthetic_svhn, tmp_path, capsys,
+def test_synthetic_svhn_chain_prepare_run_evaluate_visualize_report(ray_cluster, synthetic_svhn, tmp_path, capsys,
                                                                   monkeypatch) -> None:
     run_dir = tmp_path / "run"
     sets = [arg for o in tiny_overrides(synthetic_svhn, "data.labels=100", "train.batch_size=50")
             for arg in ("--set", o)]
-    result = run_cli("run", "semisup-svhn", "--workers", "1", "--epochs", "1", "--run-dir", str(run_dir),
-                     "--wandb", "offline", *sets, cwd=tmp_path)
+    result = ray_cluster.cli("run", "semisup-svhn", "--workers", "1", "--epochs", "1", "--run-dir", str(run_dir),
+                             "--address", ray_cluster.address, "--wandb", "offline", *sets, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(stage["status"] == "done" for stage in manifest["stages"].values()), manifest["stages"]

@@ -12,9 +12,7 @@ import pytest
 import wandb
 from matplotlib.image import imsave
 
-from aae.variants import build_model
-from pipeline.checkpoints import checkpoint_bytes
-from pipeline.config import config_to_yaml, load_config
+from pipeline.config import load_config
 from pipeline.rundir import RunDir
 from pipeline.stages.track import track
 from pipeline.tracking import (
@@ -27,39 +25,12 @@ from pipeline.tracking import (
     wandb_run_id,
 )
 from tests.conftest import TINY_MODEL, tiny_overrides
-from tests.pipeline.test_run_cli import run_cli, sets
+from tests.helpers import evaluated_run, new_run, sets
 from tests.wandb_offline import OfflineRun, find_offline_runs
 
 
 def semisup(mode: str, *extra: str):
     return load_config("semisup", [f"tracking.wandb={mode}", *TINY_MODEL, *extra])
-
-
-def new_run(tmp_path: Path, name: str = "semisup-20250101-120000") -> RunDir:
-    run = RunDir(tmp_path / name)
-    run.path.mkdir(parents=True)
-    return run
-
-
-def evaluated_run(tmp_path: Path) -> RunDir:
-    """A run directory as evaluate and visualize leave it: config.yaml, best.pt (an untrained tiny model),
-    evaluation.json, two figures."""
-    run = new_run(tmp_path)
-    config = semisup("offline")
-    (run.path / "config.yaml").write_text(config_to_yaml(config))
-    model = build_model(config.model.variant, {"input_dim": 784, **config.model.params})
-    run.checkpoint_dir.mkdir()
-    run.best_checkpoint.write_bytes(checkpoint_bytes(model.training_state(), 0, {"val/error": 1.0}))
-    (run.path / "figures").mkdir()
-    for name in ("latent_scatter", "samples"):
-        imsave(run.path / "figures" / f"{name}.png", np.random.default_rng(0).random((8, 8)))
-    evaluation = {
-        "metrics": {"test/error": 4.5, "test/recon_bce": 70.25},
-        "tables": {"per_class_error": {"columns": ["class", "test examples", "error %"],
-                                       "rows": [[0, 10, 0.0], [1, 12, 8.5]]}},
-    }
-    (run.path / "evaluation.json").write_text(json.dumps(evaluation))
-    return run
 
 
 def by_name(offline: OfflineRun) -> dict[str, dict]:
@@ -162,6 +133,7 @@ def test_an_error_mid_run_turns_the_tracker_into_a_no_op(tmp_path, capsys) -> No
     assert capsys.readouterr().out.count("W&B tracking stopped") == 1
 
 
+@pytest.mark.slow
 def test_training_completes_when_wandb_cannot_start(synthetic_dataset, tmp_path, monkeypatch, capsys) -> None:
     import ray.train
 
@@ -217,10 +189,11 @@ def test_auto_mode_goes_online_only_with_credentials(setting, env, netrc, expect
 
 
 @pytest.mark.slow
-def test_ray_run_streams_each_epoch_to_the_train_run(synthetic_dataset, tmp_path) -> None:
+def test_ray_run_streams_each_epoch_to_the_train_run(ray_cluster, synthetic_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli(
+    result = ray_cluster.cli(
         "run", "semisup", "--workers", "2", "--epochs", "2", "--run-dir", str(run_dir), "--wandb", "offline",
+        "--address", ray_cluster.address,
         *sets(synthetic_dataset, "evaluate.parzen_samples=200", "evaluate.parzen_validation=100"), cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

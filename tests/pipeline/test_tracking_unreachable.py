@@ -17,8 +17,7 @@ from pipeline.rundir import RunDir
 from pipeline.stages.track import track
 from pipeline.sweep import _track_summary
 from pipeline.tracking import host_problem, make_tracker, recorded_errors, settle_tracking, wandb_run_id
-from tests.pipeline.test_run_cli import run_cli, sets
-from tests.pipeline.test_tracking import evaluated_run, new_run
+from tests.helpers import evaluated_run, new_run, run_cli, sets
 from tests.wandb_offline import find_offline_runs
 
 FAKE_KEY = "x" * 40
