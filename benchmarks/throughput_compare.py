@@ -63,9 +63,9 @@ def main() -> None:
     parser.add_argument("old", help="the earlier commit")
     parser.add_argument("new", nargs="?", default="HEAD", help="the later commit (default HEAD)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each commit, alternating")
-    parser.add_argument("arguments", nargs=argparse.REMAINDER, help="after --: arguments for throughput.py")
-    args = parser.parse_args()
-    arguments = [a for a in args.arguments if a != "--"]
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, arguments = parser.parse_args(argv[:split]), argv[split + 1:]  # after --: throughput.py's arguments
     commits = {name: git("rev-parse", "--short", rev) for name, rev in (("old", args.old), ("new", args.new))}
 
     runs: dict[str, list[dict]] = {"old": [], "new": []}

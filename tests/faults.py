@@ -7,6 +7,10 @@ so the restarted training does not fail again. Nothing in pipeline/ knows about 
   and Ray pickles it by value (this file runs as __main__), so workers on other nodes need no copy of the tests.
 - FAULT = controller:EPOCH: Ray Train's controller raises after the workers report epoch EPOCH (1-based, as in
   metrics.jsonl), through a callback given to the TorchTrainer, which runs inside the controller.
+- FAULT = hold:EPOCH: every in-process Tune trial waits before training epoch EPOCH (0-based) until the file
+  `release` exists in the sweep directory, so a test can break the cluster while trials are mid-training
+  however fast an epoch is. (The trial function Tune pickles looks `run_trial` up when pickled, so a
+  replacement made here travels by value.)
 """
 
 from __future__ import annotations
@@ -71,14 +75,46 @@ def failing_controller(epoch: int, fit: Any) -> Any:
     return failing_fit
 
 
+def holding_trial(epoch: int) -> Any:
+    """pipeline.ray.tuner.run_trial, but training waits before `epoch` until <sweep>/release exists."""
+
+    def run_trial(params: dict[str, Any], setup: Any) -> None:
+        import time
+        from pathlib import Path
+
+        from pipeline import loop
+        from pipeline.ray import tuner
+
+        release = Path(setup.sweep_dir) / "release"
+        train_one_epoch = loop.train_one_epoch
+
+        def holding_epoch(model, data, config, ctx, at_epoch, captured=None, **options):  # noqa: ANN001, ANN202
+            deadline = time.monotonic() + 600
+            while at_epoch == epoch and not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return train_one_epoch(model, data, config, ctx, at_epoch, captured, **options)
+
+        # Tune reuses a trial's process for the next trial: wrap the loop's own function, not an earlier wrapper.
+        loop.train_one_epoch = holding_epoch
+        try:
+            tuner.run_trial(params, setup)
+        finally:
+            loop.train_one_epoch = train_one_epoch
+
+    return run_trial
+
+
 def main(argv: list[str]) -> None:
-    """Install the fault argv[0] names (EPOCH:STEP:RANK or controller:EPOCH) and run the CLI on the rest."""
+    """Install the fault argv[0] names (EPOCH:STEP:RANK, controller:EPOCH or hold:EPOCH) and run the CLI on the
+    rest."""
     from pipeline import cli
-    from pipeline.ray import trainer
+    from pipeline.ray import trainer, tuner
 
     kind, _, epoch = argv[0].partition(":")
     if kind == "controller":
         trainer.fit = failing_controller(int(epoch), trainer.fit)
+    elif kind == "hold":
+        tuner.run_trial = holding_trial(int(epoch))
     else:
         epoch, step, rank = (int(part) for part in argv[0].split(":"))
         trainer.train_worker = killing_worker(epoch, step, rank)

@@ -233,6 +233,9 @@ def wait_for(condition, timeout_s: float, what: str) -> None:  # noqa: ANN001
 # --- Ray clusters -------------------------------------------------------------------------------------------
 
 
+ANSWER = "ANSWER "  # what a cluster client prints before its result
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -296,31 +299,47 @@ class RayCluster:
             time.sleep(0.5)
 
     def stop_node(self, name: str, abruptly: bool = False) -> None:
+        """Stop a node; after an abrupt stop, also wait until the cluster has declared it dead (its health checks
+        take some seconds): until then a client started next may attach to its raylet, or a task be placed there."""
         end_group(self.nodes.pop(name), abruptly)
+        if abruptly and self.nodes:
+            wait_for(lambda: self._declared_dead(name), 120, f"the cluster to see {name} gone")
+
+    def _declared_dead(self, name: str) -> bool:
+        """Whether the cluster no longer lists node `name`. A client started before the GCS has declared a dead
+        node dead may attach to that node's raylet and hang: that counts as not yet."""
+        try:
+            return name not in self.node_ids(timeout_s=20).values()
+        except (AssertionError, subprocess.TimeoutExpired):
+            return False
 
     def stop(self) -> None:
+        """End the whole cluster at once: with every node going, a graceful drain only waits on the others."""
         for name in reversed(list(self.nodes)):
-            self.stop_node(name)
+            end_group(self.nodes.pop(name), abruptly=True)
 
-    def python(self, script: str) -> str:
-        """Run a Python script as a client of this cluster (RAY_ADDRESS set); its last line of output."""
+    def python(self, script: str, timeout_s: float = 120) -> str:
+        """Run a Python script as a client of this cluster (RAY_ADDRESS set); what it printed after `ANSWER `
+        (Ray may print notices of its own, a node's death for one, at any time)."""
         result = subprocess.run([sys.executable, "-c", script],
                                 env={**self.env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": self.address},
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=timeout_s)
         assert result.returncode == 0, result.stderr[-2000:]
-        return result.stdout.strip().splitlines()[-1]
+        answers = [line.removeprefix(ANSWER) for line in result.stdout.splitlines() if line.startswith(ANSWER)]
+        assert answers, result.stdout[-2000:]
+        return answers[-1]
 
-    def node_ids(self) -> dict[str, str]:
+    def node_ids(self, timeout_s: float = 120) -> dict[str, str]:
         """Node id → the node's name (its custom resource), as the cluster sees them now."""
         nodes = json.loads(self.python(
             "import json, ray; ray.init(logging_level='ERROR')\n"
-            "print(json.dumps({n['NodeID']: [r for r in n['Resources'] if r.startswith('node_')] "
-            "for n in ray.nodes() if n['Alive']}))"))
+            f"print({ANSWER!r} + json.dumps({{n['NodeID']: [r for r in n['Resources'] if r.startswith('node_')] "
+            "for n in ray.nodes() if n['Alive']}))", timeout_s))
         return {node: names[0] for node, names in nodes.items() if names}
 
     def free_cpus(self) -> float:
         return float(self.python("import ray; ray.init(logging_level='ERROR')\n"
-                                 "print(ray.available_resources().get('CPU', 0.0))"))
+                                 f"print({ANSWER!r}, ray.available_resources().get('CPU', 0.0), sep='')"))
 
     def cli(self, *args: str, cwd: Path, fault: str | None = None, **env: str) -> subprocess.CompletedProcess:
         """`aae-pipeline ARGS` in this cluster's environment (its token's HOME); pass --address to join it."""

@@ -16,7 +16,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import RayCluster, epochs_logged, manifest, sets, trained_run, wait_for
+from tests.helpers import (
+    RayCluster,
+    cli_command,
+    cli_env,
+    epochs_logged,
+    manifest,
+    sets,
+    trained_run,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -115,22 +124,27 @@ def test_a_sweep_survives_losing_a_worker_node_and_its_trial_resumes_elsewhere(
     cluster.start_node("node_victim", cpus=1)
     victim = next(node for node, name in cluster.node_ids().items() if name == "node_victim")
     (tmp_path / "space.yaml").write_text("model.params.z_dim: {grid: [2, 3, 4]}\n")
-    epochs = 6
+    epochs = 3
     sweep = tmp_path / "sweep"
+    # Every trial holds after its first epoch until sweep/release exists: the victim's trial is mid-training when
+    # its node dies, however fast an epoch is.
     with subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "tune", "semisup", "--search", "grid", "--scheduler", "fifo",
-         "--space", "space.yaml", "--max-concurrent", "3", "--address", cluster.address, "--epochs", str(epochs),
-         "--sweep-dir", "sweep", *sets(synthetic_dataset, "tracking.wandb=disabled")],
-        cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cli_command("tune", "semisup", "--search", "grid", "--scheduler", "fifo", "--space", "space.yaml",
+                    "--max-concurrent", "3", "--address", cluster.address, "--epochs", str(epochs),
+                    "--sweep-dir", "sweep", *sets(synthetic_dataset, "tracking.wandb=disabled"), fault="hold:1"),
+        cwd=tmp_path, env=cli_env(cluster.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as driver:
         def victim_trial() -> Path | None:
             trials = sorted((sweep / "trials").glob("*")) if (sweep / "trials").is_dir() else []
             return next((t for t in trials if _trial_node(t) == victim and epochs_logged(t)), None)
 
-        wait_for(lambda: victim_trial() is not None or driver.poll() is not None, 300, "a trial on the victim")
-        lost = victim_trial()
-        assert lost is not None, driver.stdout.read() if driver.poll() is not None else "no trial landed there"
-        cluster.stop_node("node_victim", abruptly=True)  # the node dies with its trial mid-training
+        try:
+            wait_for(lambda: victim_trial() is not None or driver.poll() is not None, 300, "a trial on the victim")
+            lost = victim_trial()
+            assert lost is not None, driver.stdout.read() if driver.poll() is not None else "no trial landed there"
+            cluster.stop_node("node_victim", abruptly=True)  # the node dies with its trial mid-training
+        finally:
+            (sweep / "release").touch()  # a failure above must not leave the driver holding its trials
         output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output[-3000:]
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
@@ -152,13 +166,15 @@ def test_a_sweep_whose_driver_was_killed_resumes_on_the_cluster_without_redoing_
          *sets(synthetic_dataset, "tracking.wandb=disabled")],
         cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as driver:
+        printed = []
         for line in driver.stdout:  # SIGKILL the driver (no chance to clean up) once a trial has finished
+            printed.append(line)
             if " finished: " in line:
                 driver.kill()
                 first = line.split()[1]
                 break
         else:
-            pytest.fail("the sweep ended before a trial finished")
+            pytest.fail("the sweep ended before a trial finished:\n" + "".join(printed)[-3000:])
         driver.wait(timeout=60)
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "running"  # it never got to say more
     done_before = (sweep / "trials" / first / "metrics.jsonl").read_text()
