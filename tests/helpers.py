@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pipeline.chain import run_key
 from pipeline.config import config_to_yaml, load_config
@@ -181,25 +182,30 @@ def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-def start_run(run_dir: Path, dataset: dict[str, str], *args: str, env: dict[str, str]) -> subprocess.Popen:
-    """`aae-pipeline run ARGS` into run_dir, in its own process group, as a terminal would start it.
+def popen_with_ctrl_c(command: list[str], **options: Any) -> subprocess.Popen:
+    """subprocess.Popen(command, **options), the child taking Ctrl-C (SIGINT) as from a terminal.
 
     A shell without job control starts background commands with SIGINT ignored, and a child inherits that, so
-    pytest launched that way (`.ci/run &` in a script) would start a driver deaf to Ctrl-C. Handled signals are
+    pytest launched that way (`.ci/run &` in a script) would start a command deaf to Ctrl-C. Handled signals are
     reset to their default by exec, so catching SIGINT here while the child starts gives it a terminal's."""
     ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", *args, "--run-dir", str(run_dir),
-             *sets(dataset, "tracking.wandb=disabled")],
-            cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )
+        return subprocess.Popen(command, **options)
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_run(run_dir: Path, dataset: dict[str, str], *args: str, env: dict[str, str]) -> subprocess.Popen:
+    """`aae-pipeline run ARGS` into run_dir, in its own process group, as a terminal would start it."""
+    return popen_with_ctrl_c(
+        [sys.executable, "-m", "pipeline.cli", "run", *args, "--run-dir", str(run_dir),
+         *sets(dataset, "tracking.wandb=disabled")],
+        cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_epochs(run_dir: Path, process: subprocess.Popen, count: int = 1, timeout_s: float = 300) -> None:

@@ -26,7 +26,7 @@ from pipeline.data import load_split
 from pipeline.errors import UserError
 from pipeline.inference import TrainedAAE
 from pipeline.rundir import CONFIG_FILE, RunDir
-from tests.helpers import held_by_another_process, run_cli, trained_run
+from tests.helpers import held_by_another_process, popen_with_ctrl_c, run_cli, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +268,7 @@ def test_predict_refuses_bad_input_in_one_line_and_writes_nothing(runs, tmp_path
 @pytest.mark.slow
 def test_ctrl_c_during_predict_leaves_no_output(runs, tmp_path) -> None:
     np.save(tmp_path / "many.npy", np.zeros((60_000, 28, 28), np.uint8))
-    process = subprocess.Popen(
+    process = popen_with_ctrl_c(
         [sys.executable, "-m", "pipeline.cli", "predict", str(runs["semisup"].path), "--data", "many.npy", "--out",
          "p.parquet"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
