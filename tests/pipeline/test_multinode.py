@@ -144,7 +144,8 @@ def test_a_sweep_survives_losing_a_worker_node_and_its_trial_resumes_elsewhere(
             assert lost is not None, driver.stdout.read() if driver.poll() is not None else "no trial landed there"
             cluster.stop_node("node_victim", abruptly=True)  # the node dies with its trial mid-training
         finally:
-            (sweep / "release").touch()  # a failure above must not leave the driver holding its trials
+            if sweep.is_dir():  # a failure above must not leave the driver holding its trials
+                (sweep / "release").touch()
         output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output[-3000:]
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "done"
