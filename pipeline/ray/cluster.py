@@ -76,6 +76,9 @@ def _start_local(plan: WorkerResources) -> None:
 
     needed = plan.workers * plan.cpus
     listen_on_loopback_only()
+    # Ray Train watches for nodes a cluster drains (spot preemption) with one more actor process per run; a
+    # private one-node Ray has none to drain, and on a small machine that process is start-up time.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
         # address="local": always a private instance. Without it ray.init joins whatever cluster
         # /tmp/ray/ray_current_cluster names (even a dead one, whose stale record then breaks every run).

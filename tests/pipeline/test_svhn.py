@@ -3,11 +3,9 @@ experiment through `run` → evaluate → visualize → report, and the reproduc
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -172,38 +170,3 @@ def test_synthetic_svhn_chain_prepare_run_evaluate_visualize_report(ray_cluster,
     assert "run" in ours and f"{evaluation['metrics']['test/error']:.2f}" in ours
     paper = next(line for line in lines if "SVHN, 1000 labels" in line)
     assert "17.70 ± 0.30" in paper and "47.50" in paper and "16.61 ± 0.24" in paper
-
-
-def _benchmark_module(name: str) -> ModuleType:
-    """A script of benchmarks/ imported as a module (benchmarks/ is not a package)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
-
-
-def test_reproduce_skips_the_svhn_row_without_data_and_says_how_to_get_it(tmp_path, capsys) -> None:
-    reproduce = _benchmark_module("reproduce")
-    results = tmp_path / "reproduce.md"
-    code = reproduce.main(["--only", "semisup-svhn", "--svhn", f"svhn:{tmp_path / 'none'}",
-                           "--out-dir", str(tmp_path / "runs"), "--results", str(results)])
-    assert code == 0
-    assert "skipped: SVHN is not available here" in capsys.readouterr().out
-    (row,) = json.loads(results.with_suffix(".json").read_text())["rows"]
-    assert row["experiment"] == "semisup-svhn" and row["paper"] == "17.70 ±0.30" and row["ours"] is None
-    assert row["status"].startswith("no data") and "aae-pipeline data prepare svhn" in row["status"]
-    assert f"data.dataset=svhn:{tmp_path / 'none'}" in row["command"]
-    assert not (tmp_path / "runs" / "semisup-svhn").exists()
-
-
-def test_reproduce_rebuilds_its_table_and_keeps_the_sections_written_below_it(tmp_path) -> None:
-    reproduce = _benchmark_module("reproduce")
-    results = tmp_path / "reproduce.md"
-    results.write_text("# old title\n\n| old table |\n\n## Measured elsewhere\n\nkept by hand\n\n## Another\n\nalso\n")
-    reproduce.main(["--only", "semisup-svhn", "--svhn", f"svhn:{tmp_path / 'none'}",
-                    "--out-dir", str(tmp_path / "runs"), "--results", str(results)])
-    text = results.read_text()
-    assert "old title" not in text and "| old table |" not in text
-    assert text.startswith("# The paper's experiments, reproduced") and "| semisup-svhn |" in text
-    assert text.endswith("\n## Measured elsewhere\n\nkept by hand\n\n## Another\n\nalso\n")
