@@ -197,7 +197,7 @@ class Training:
     started: float
 
 
-def start(experiment: Experiment, args: argparse.Namespace, executable: str) -> Training | dict[str, Any] | None:
+def start(experiment: Experiment, args: argparse.Namespace, cli: list[str]) -> Training | dict[str, Any] | None:
     """Start (or continue) one experiment through the CLI, its output going to <out-dir>/<key>.log. None if it
     is done already; the attempt itself if it cannot run here."""
     run_dir = (args.out_dir / experiment.key).resolve()
@@ -213,8 +213,10 @@ def start(experiment: Experiment, args: argparse.Namespace, executable: str) -> 
     print(f"{experiment.key:<22} running: {shown(command)}", flush=True)
     log_path = args.out_dir / f"{experiment.key}.log"
     log = log_path.open("a")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     # A session of its own: a Ctrl-C or `timeout` of this script reaches each run once, through stop().
-    process = subprocess.Popen([executable, *command], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen([*cli, *command], stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
     return Training(experiment, run_dir, process, log, log_path, time.perf_counter())
 
 
@@ -411,6 +413,18 @@ def _earlier_rows(path: Path) -> dict[str, dict[str, Any]]:
     return {r["experiment"]: r for r in json.loads(path.read_text()).get("rows", [])}
 
 
+def aae_pipeline_command() -> list[str]:
+    """How to run the CLI here: the installed command, or this checkout's `python -m pipeline.cli` (a copied tree
+    without an install, as on a GPU machine set up by hand)."""
+    beside = Path(sys.executable).parent / "aae-pipeline"
+    installed = str(beside) if beside.exists() else shutil.which("aae-pipeline")
+    if installed:
+        return [installed]
+    if (ROOT / "pipeline" / "cli.py").is_file():
+        return [sys.executable, "-m", "pipeline.cli"]
+    sys.exit("error: the aae-pipeline command is not installed; run `pip install -e .` first")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected experiments, --parallel at a time, until they are done or --minutes is up; exit 1 if
     any failed."""
@@ -418,10 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel < 1:
         sys.exit("error: --parallel must be at least 1")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    beside = Path(sys.executable).parent / "aae-pipeline"
-    executable = str(beside) if beside.exists() else shutil.which("aae-pipeline")
-    if executable is None:
-        sys.exit("error: the aae-pipeline command is not installed; run `pip install -e .` first")
+    cli = aae_pipeline_command()
     device = device_name(args)
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     waiting, training = select(args.only), []
@@ -431,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         while waiting or training:
             while waiting and len(training) < args.parallel and (deadline is None or time.monotonic() < deadline):
                 experiment = waiting.pop(0)
-                started = start(experiment, args, executable)
+                started = start(experiment, args, cli)
                 if isinstance(started, Training):
                     training.append(started)
                 elif started is not None:
