@@ -260,13 +260,13 @@ def stop(trainings: list[Training], grace_s: float = 180.0) -> None:
 
 def device_name(args: argparse.Namespace) -> str:
     """The device the rows train on here, for the table."""
-    if args.gpus_per_worker and not args.address:
+    if args.address:
+        return f"Ray cluster {args.address}"
+    if args.gpus_per_worker:
         import torch
 
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
-    if args.address:
-        return f"Ray cluster {args.address}"
     return f"CPU, {os.cpu_count()} cores ({platform.machine()})"
 
 
@@ -312,15 +312,15 @@ def row(experiment: Experiment, run_dir: Path, attempt: dict[str, Any]) -> dict[
     }
 
 
+CURVE_METRICS = ("val/error", "val/cluster_error", "val/recon_bce")
+
+
 def validation_curve(run_dir: Path) -> tuple[str | None, list[list[float]]]:
     """The run's validation metric by epoch, [[epoch, value], ...]: the error where it has labels or clusters,
     else the reconstruction BCE (what the run ranks its checkpoints by)."""
     rows = RunDir(run_dir).read_metrics() if (run_dir / "metrics.jsonl").is_file() else []
     key = next((key for key in CURVE_METRICS if rows and key in rows[-1]), None)
     return key, [[row["epoch"], row[key]] for row in rows if key in row] if key else []
-
-
-CURVE_METRICS = ("val/error", "val/cluster_error", "val/recon_bce")
 
 
 def curves_dir(results: Path) -> Path:
@@ -390,8 +390,10 @@ def write_results(attempts: dict[str, dict[str, Any]], args: argparse.Namespace)
         # A run made by another call of this script (e.g. a parallel one) shows the command that makes it.
         attempt["command"] = attempt.get("command") or shown(cli_args(experiment, args, run_dir, resume=False))
         rows.append(row(experiment, run_dir, attempt))
-        if rows[-1].get("curve") and (run_dir / "metrics.jsonl").is_file():
-            draw_curve(rows[-1], curves_dir(args.results) / f"{experiment.key}.png")
+        metrics, png = run_dir / "metrics.jsonl", curves_dir(args.results) / f"{experiment.key}.png"
+        if rows[-1].get("curve") and metrics.is_file() and (
+                not png.is_file() or png.stat().st_mtime < metrics.stat().st_mtime):  # drawn once per change
+            draw_curve(rows[-1], png)
     notes = _notes_below_table(args.results)
     atomic_write_text(args.results, markdown(rows, args) + (f"\n{notes}" if notes else ""))
     atomic_write_text(args.results.with_suffix(".json"), json.dumps({"rows": rows}, indent=2) + "\n")
@@ -460,7 +462,6 @@ def main(argv: list[str] | None = None) -> int:
                 if waiting:
                     print(f"time is up ({args.minutes:g} min); not started: {' '.join(e.key for e in waiting)}")
                 waiting = []
-                write_results(attempts, args)
             time.sleep(0.5)
     finally:  # Ctrl-C, SIGTERM or an error here: the rows' runs stop with their checkpoints kept
         stop(training)
