@@ -1,6 +1,7 @@
 """GPU speed of training: eager steps against CUDA-graph replays, bf16 against fp32, the learning curve of
-both paths, trials packed onto one GPU, `run` end to end through Ray Train, and a Tune sweep with
---gpus-per-trial. One invocation, so the ratios compare like with like:
+both paths, trials packed onto one GPU (a process each, or several in one process), `run` end to end through
+Ray Train, and Tune sweeps with --gpus-per-trial and --trials-per-process. One invocation, so the ratios
+compare like with like:
 
     python benchmarks/gpu.py [--out benchmarks/results] [--budget-s 480]
 
@@ -170,6 +171,42 @@ def packed_trials(bench: Bench) -> None:
         bench.write()
 
 
+def trials_per_process(bench: Bench, epochs: int = 4) -> None:
+    """K semisup trials (seeds 0..K-1) trained in one process (pipeline.pack, what `tune --trials-per-process K`
+    runs): the examples/s of all of them together, from the wall time of each round after the first, and whether
+    trial 0's curve is the one it trains alone."""
+    from pipeline.pack import TrainingPack
+
+    alone = [row["val/error"] for row in bench.train("semisup", epochs, "data.labels=1000")]
+    for count in (2, 4, 8):
+        if bench.left_s() < 60:
+            bench.skipped.append(f"trials per process: {count}")
+            continue
+        pack = TrainingPack(torch.device(bench.device))
+        runs = []
+        for seed in range(count):
+            bench.runs += 1
+            run = RunDir(bench.work / f"run-{bench.runs}")
+            run.path.mkdir(parents=True)
+            config = load_config("semisup", bench.overrides(f"train.epochs={epochs}", "data.labels=1000",
+                                                            f"train.seed={seed}"))
+            pack.add(str(seed), config, run)
+            runs.append(run)
+        rounds = []
+        for _ in range(epochs):
+            started = time.perf_counter()
+            pack.train_round()
+            rounds.append(time.perf_counter() - started)
+        examples = sum(int(run.read_metrics()[0]["time/examples_per_s"] * run.read_metrics()[0]["time/train_s"])
+                       for run in runs)
+        steady = statistics.median(rounds[1:])
+        bench.add("trials-per-process", f"{count} semisup trials in one process on one GPU", trials=count,
+                  s_per_round=round(steady, 3), examples_per_s_together=round(examples / steady),
+                  first_round_s=round(rounds[0], 1), cuda_graphs=runs[0].read_metrics()[-1].get("time/cuda_graphs"),
+                  same_curve_as_alone=[row["val/error"] for row in runs[0].read_metrics()] == alone)
+        bench.write()
+
+
 def trial_main(args: argparse.Namespace) -> None:
     """One packed trial: 4 epochs of semisup, its steady speed written to --out."""
     torch.set_num_threads(2)
@@ -229,22 +266,29 @@ def run_end_to_end(bench: Bench) -> None:
 
 
 def tune_packed(bench: Bench) -> None:
-    """`aae-pipeline tune semisup --gpus-per-trial 0.25`: four trials at once on one GPU."""
-    sweep = bench.work / "sweep"
-    command = [sys.executable, "-m", "pipeline.cli", "tune", "semisup", "--samples", "4", "--epochs", "3",
-               "--scheduler", "fifo", "--sweep-dir", str(sweep), "--wandb", "disabled",
-               *(["--gpus-per-trial", "0.25"] if bench.device == "cuda" else ["--max-concurrent", "2"]),
-               *(["--set", f"data.limit={bench.limit}"] if bench.limit else [])]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(60.0, bench.left_s()))
-    wall = time.perf_counter() - started
-    if done.returncode:
-        raise RuntimeError(f"tune exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
-    trials = [RunDir(path).read_metrics() for path in sorted((sweep / "trials").iterdir()) if path.is_dir()]
-    each = [speed(rows)["examples_per_s"] for rows in trials if rows]
-    bench.add("tune", "aae-pipeline tune semisup --gpus-per-trial 0.25 --samples 4 --epochs 3",
-              wall_s=round(wall, 1), trials=len(each), examples_per_s_each=each,
-              examples_per_s_together=sum(each))
+    """`aae-pipeline tune semisup` with four trials at once on one GPU: a process each (`--gpus-per-trial 0.25`),
+    then all four in one process (`--trials-per-process 4`)."""
+    on_gpu = bench.device == "cuda"
+    for flags in (["--gpus-per-trial", "0.25"] if on_gpu else ["--max-concurrent", "2"],
+                  ["--trials-per-process", "4", *(["--gpus-per-trial", "1"] if on_gpu else [])]):
+        if bench.left_s() < 60:
+            bench.skipped.append(f"tune {' '.join(flags)}")
+            continue
+        sweep = bench.work / f"sweep{flags[0]}"
+        command = [sys.executable, "-m", "pipeline.cli", "tune", "semisup", "--samples", "4", "--epochs", "3",
+                   "--scheduler", "fifo", "--sweep-dir", str(sweep), "--wandb", "disabled", *flags,
+                   *(["--set", f"data.limit={bench.limit}"] if bench.limit else [])]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(60.0, bench.left_s()))
+        wall = time.perf_counter() - started
+        if done.returncode:
+            raise RuntimeError(f"tune exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+        trials = [RunDir(path).read_metrics() for path in sorted((sweep / "trials").iterdir()) if path.is_dir()]
+        each = [speed(rows)["examples_per_s"] for rows in trials if rows]
+        bench.add("tune", f"aae-pipeline tune semisup {' '.join(flags)} --samples 4 --epochs 3",
+                  wall_s=round(wall, 1), trials=len(each), examples_per_s_each=each,
+                  examples_per_s_together=sum(each))
+        bench.write()
 
 
 SECTIONS: list[tuple[str, Callable[[Bench], None]]] = [
@@ -254,6 +298,7 @@ SECTIONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("run", run_end_to_end),
     ("amp", bf16_vs_fp32),
     ("packed", packed_trials),
+    ("trials-per-process", trials_per_process),
     ("tune", tune_packed),
 ]
 

@@ -262,6 +262,10 @@ def tune(
     gpus_per_trial: Annotated[
         float | None, typer.Option("--gpus-per-trial", help="GPUs per trial; 0.25 runs 4 trials per GPU.")
     ] = None,
+    trials_per_process: Annotated[
+        int, typer.Option("--trials-per-process",
+                          help="Trials trained together in one worker process, which holds one trial's CPUs and GPUs.")
+    ] = 1,
     sweep_dir: Annotated[
         Path | None, typer.Option("--sweep-dir", help="Where results land (default: sweeps/<experiment>-<time>).")
     ] = None,
@@ -291,6 +295,7 @@ def tune(
             grace_period=grace_period,
             address=address,
             gpus_per_trial=gpus_per_trial,
+            trials_per_process=trials_per_process,
         )
         tracking = [f"tracking.wandb={wandb}"] if wandb else []
         result = start_sweep(experiment, options, [*(overrides or []), *tracking], space, epochs, sweep_dir)

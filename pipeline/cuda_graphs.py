@@ -21,6 +21,7 @@ that is how the CPU tests check the buffers, the loss sums and the lr handling.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,8 @@ from aae.variants.base import AAEModel
 
 MakeBatch = Callable[[Tensor, Tensor], Batch]  # (row indices, labelled row indices) -> the step's batch
 WARMUP_STEPS = 3  # eager steps before the first capture: lazy state (optimiser buffers, cuBLAS) is built there
+# Runs packed into one process (pipeline.pack) train from several threads: one capture at a time.
+_CAPTURING = threading.Lock()
 
 
 class CapturedSteps:
@@ -58,6 +61,8 @@ class CapturedSteps:
         self.captured_settings: tuple[Any, ...] | None = None
         self.captures = 0  # how many times the graphs were (re)captured
         self.warm = False
+        # Each runner captures on a stream of its own (torch's default capture stream is shared by all graphs).
+        self.capture_stream = torch.cuda.Stream(device) if capture else None
         if capture:
             make_optimizers_capturable(model)
 
@@ -144,7 +149,8 @@ class CapturedSteps:
         self.replay = None  # drop a stale graph (and its memory) before capturing anew
         if self.capture:
             try:
-                self.replay = self._capture_graph()
+                with _CAPTURING:
+                    self.replay = self._capture_graph()
             except (RuntimeError, AttributeError) as err:  # an operation the driver cannot capture, an old torch
                 self.capture = False
                 self.eager_reason = f"capture failed: {str(err).splitlines()[0]}"
@@ -158,7 +164,7 @@ class CapturedSteps:
         # Registered, the generator's seed and offset are read at each replay, so replays draw new numbers.
         graph.register_generator_state(self.model.generator)
         # thread_local: calls other threads make meanwhile (NCCL's watchdog, Ray's) do not void the capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, stream=self.capture_stream, capture_error_mode="thread_local"):
             self._train_step()
         return graph.replay
 

@@ -77,51 +77,82 @@ def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
 
 def train_loop(config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | None = None) -> dict[str, float]:
     """Train from the last checkpoint in the run directory (or from scratch) to config.train.epochs."""
-    graphs = uses_cuda_graphs(config, ctx.device)
-    # A captured step gathers its batch on the device, so CUDA graphs bring the training split there too.
-    data = load_training_data(config, ctx.device if config.run.data_on_device or graphs else None)
-    # The same seed on every rank: data-parallel workers must start from identical weights.
-    torch.manual_seed(config.train.seed)
-    model = build_training_model(config, data).to(ctx.device)
-    if ctx.world > 1:
-        model.grad_sync = average_gradients
-    start_epoch, best = restore_latest_checkpoint(model, run, config, ctx.device)
-    if start_epoch and ctx.rank == 0:
-        unlogged = reconcile_metrics(run)
-        # Checkpointed before the process stopped but never reported. Reported here only where this process is
-        # the only worker: Ray Train waits for a report from every rank, and only rank 0 knows of this row.
-        if unlogged is not None and report is not None and ctx.world == 1:
-            report(unlogged)
-    captured = captured_steps(model, data, config, ctx) if graphs else None
-    last: dict[str, float] = {}
-    for epoch in range(start_epoch, config.train.epochs):
+    training = Training(config, run, ctx, report)
+    while not training.done:
+        training.train_epoch()
+    training.finish()
+    return training.last
+
+
+class Training:
+    """One run's training, an epoch at a time: its model, data and place (restored from the run directory's last
+    checkpoint), and what each epoch does after the steps (validate, checkpoint, log, report).
+
+    train_loop drives one to the end; pipeline.pack drives several in one process, an epoch of each in turn."""
+
+    def __init__(self, config: Config, run: RunDir, ctx: WorkerContext, report: ReportFn | None = None) -> None:
+        self.config, self.run, self.ctx, self.report = config, run, ctx, report
+        graphs = uses_cuda_graphs(config, ctx.device)
+        # A captured step gathers its batch on the device, so CUDA graphs bring the training split there too.
+        self.data = load_training_data(config, ctx.device if config.run.data_on_device or graphs else None)
+        # The same seed on every rank: data-parallel workers must start from identical weights.
+        torch.manual_seed(config.train.seed)
+        self.model = build_training_model(config, self.data).to(ctx.device)
+        if ctx.world > 1:
+            self.model.grad_sync = average_gradients
+        self.epoch, self.best = restore_latest_checkpoint(self.model, run, config, ctx.device)  # the next epoch
+        self.start_epoch = self.epoch
+        if self.epoch and ctx.rank == 0:
+            unlogged = reconcile_metrics(run)
+            # Checkpointed before the process stopped but never reported. Reported here only where this process
+            # is the only worker: Ray Train waits for a report from every rank, and only rank 0 knows of this row.
+            if unlogged is not None and report is not None and ctx.world == 1:
+                report(unlogged)
+        self.captured = captured_steps(self.model, self.data, config, ctx) if graphs else None
+        self.diverged = False
+        self.last: dict[str, float] = {}
+
+    @property
+    def done(self) -> bool:
+        """Every epoch trained, or training stopped on non-finite losses."""
+        return self.diverged or self.epoch >= self.config.train.epochs
+
+    def train_epoch(self) -> dict[str, float] | None:
+        """Train the next epoch, then validate, checkpoint, log and report it; None when its losses were not
+        finite (training stops there, see done)."""
+        config, run, ctx, epoch = self.config, self.run, self.ctx, self.epoch
         started = time.perf_counter()
         progress = StepProgress(run, epoch + 1, config.train.batch_size) if ctx.rank == 0 else None
-        losses = train_one_epoch(model, data, config, ctx, epoch, captured, progress=progress)
+        losses = train_one_epoch(self.model, self.data, config, ctx, epoch, self.captured, progress=progress)
         if not all(math.isfinite(value) for value in losses.values()):
             # Every rank sees the same averaged losses, so all stop here together. The epoch is not
             # checkpointed: the best and last checkpoints stay the last finite ones.
             if ctx.rank == 0:
                 log_metrics(run, {DIVERGED: epoch + 1, "losses": losses})
-            break
+            self.diverged = True
+            return None
         trained = time.perf_counter()
-        last = {**losses, **validate(model, data, ctx)}
+        last = {**losses, **validate(self.model, self.data, ctx)}
         last["epoch"] = epoch + 1
         last["time/epoch_s"] = round(time.perf_counter() - started, 3)
         last["time/train_s"] = round(trained - started, 3)
-        last["time/examples_per_s"] = round(_examples_per_epoch(config, data) / (trained - started), 1)
-        if captured is not None:
-            last["time/cuda_graphs"] = float(captured.captured)
-            if ctx.rank == 0 and epoch == start_epoch and captured.eager_reason:
-                print(f"CUDA graphs off for this run, training eagerly: {captured.eager_reason}", flush=True)
+        last["time/examples_per_s"] = round(_examples_per_epoch(config, self.data) / (trained - started), 1)
+        if self.captured is not None:
+            last["time/cuda_graphs"] = float(self.captured.captured)
+            if ctx.rank == 0 and epoch == self.start_epoch and self.captured.eager_reason:
+                print(f"CUDA graphs off for this run, training eagerly: {self.captured.eager_reason}", flush=True)
         if ctx.rank == 0:
-            best = save_checkpoint(model, run, epoch, last, best)
+            self.best = save_checkpoint(self.model, run, epoch, last, self.best)
             log_metrics(run, last)
-        if report is not None:
-            report(last)
-    if ctx.rank == 0:
-        run.progress_path.unlink(missing_ok=True)
-    return last
+        if self.report is not None:
+            self.report(last)
+        self.epoch, self.last = epoch + 1, last
+        return last
+
+    def finish(self) -> None:
+        """Clear the in-epoch progress file once training stops."""
+        if self.ctx.rank == 0:
+            self.run.progress_path.unlink(missing_ok=True)
 
 
 class StepProgress:

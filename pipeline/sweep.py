@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import traceback
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from pipeline.config import Config, config_to_yaml, load_config
 from pipeline.errors import StageError, UserError, command
 from pipeline.progress import console
-from pipeline.ray import cluster, nodes, tuner
+from pipeline.ray import cluster, nodes, packs, tuner
 from pipeline.rundir import CONFIG_FILE, atomic_write_bytes, atomic_write_text, claim_dir, holder, holding, new_run_dir
 from pipeline.search_space import (
     SearchSpace,
@@ -56,7 +57,8 @@ class SweepOptions:
     max_concurrent: int | None = None  # None: as many trials as the cores (or the cluster's CPUs) hold
     grace_period: int = 1  # epochs every trial runs before ASHA may stop it
     address: str | None = None
-    gpus_per_trial: float | None = None  # a fraction packs trials onto one GPU; None: the config's run section
+    gpus_per_trial: float | None = None  # a fraction shares one GPU among trials; None: the config's run section
+    trials_per_process: int = 1  # trials trained together in one worker process (pipeline.ray.packs)
 
 
 @dataclass
@@ -104,7 +106,7 @@ def start_sweep(
     _refuse_a_used_dir(path)
     plan, options = _connect(base, options)  # an unreachable or too small cluster fails here, before any file
     with _sweep_dir_held(path, fresh) as path:
-        setup = _trial_setup(path, space, plan, metric)
+        setup = _trial_setup(path, space, plan, metric, options)
         from pipeline.tracking import settle_tracking
 
         base = settle_tracking(base, path / "trials" / "*", path)  # once, before base.yaml that every trial reads
@@ -112,7 +114,7 @@ def start_sweep(
         _check_nodes_see(path, options)
 
         _fit(tuner.new_tuner(setup, options, metric, base.train.epochs, base.train.seed, base.run.max_failures),
-             path)
+             path, _pack_plan(plan, options))
         return finish_sweep(path)
 
 
@@ -172,6 +174,7 @@ def _open_sweep_dir(path: Path, base: Config, space: SearchSpace, options: Sweep
         f"{trials} trial(s) of {base.experiment}: {options.search} search, {options.scheduler} scheduler, "
         f"{metric} (lower is better); up to {options.max_concurrent} at once, "
         f"{options.workers_per_trial} worker(s) each"
+        + (f", {options.trials_per_process} trials per process" if options.trials_per_process > 1 else "")
     )
 
 
@@ -183,8 +186,8 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
         space = parse_search_space(manifest["space"], manifest["space_file"])
         options = SweepOptions(**{**manifest["options"], "address": address or manifest["options"]["address"]})
         base = load_config(str(path / BASE_FILE), [], {"run.address": options.address})
-        plan, _ = _connect(base, options)
-        setup = _trial_setup(path, space, plan, manifest["metric"])
+        plan, options = _connect(base, options)
+        setup = _trial_setup(path, space, plan, manifest["metric"], options)
         from pipeline.tracking import settle_tracking
 
         tracking = settle_tracking(base, path / "trials" / "*", path).tracking
@@ -195,16 +198,17 @@ def resume_sweep(sweep_dir: Path, address: str | None = None) -> SweepResult:
         _check_nodes_see(path, options)
         console.print(f"resuming sweep {path}")
 
-        _fit(tuner.restore_tuner(setup), path)
+        _fit(tuner.restore_tuner(setup), path, _pack_plan(plan, options))
         return finish_sweep(path)
 
 
-def _fit(ray_tuner: Any, path: Path) -> None:
-    """Run the sweep; an error of Tune itself (not of a trial, which Tune records) becomes one line and a log."""
+def _fit(ray_tuner: Any, path: Path, pack_plan: packs.PackPlan | None) -> None:
+    """Run the sweep (with its pack registry, if trials train in packs); an error of Tune itself (not of a trial,
+    which Tune records) becomes one line and a log."""
     from ray.tune.error import TuneError
 
     try:
-        with warnings.catch_warnings():
+        with packs.pack_registry(path.name, pack_plan) if pack_plan else nullcontext(), warnings.catch_warnings():
             # ASHA takes percentiles over results that include a diverged trial's inf; numpy warns each time.
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
             with sigterm_stops_tune():
@@ -235,10 +239,13 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 def _check_options(options: SweepOptions) -> None:
     if options.scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {options.scheduler!r}", f"choose one of: {', '.join(SCHEDULERS)}")
-    for name in ("samples", "workers_per_trial", "max_concurrent", "grace_period"):
+    for name in ("samples", "workers_per_trial", "max_concurrent", "grace_period", "trials_per_process"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})", "pass a positive number")
+    if options.trials_per_process > 1 and options.workers_per_trial > 1:
+        raise UserError("--trials-per-process trains several trials in one worker process",
+                        "pass --workers-per-trial 1 with it, or leave --trials-per-process out")
     if options.gpus_per_trial is not None and options.gpus_per_trial < 0:
         raise UserError(f"--gpus-per-trial must be 0 or more (got {options.gpus_per_trial:g})",
                         "pass a fraction such as 0.25 to run four trials on each GPU, or 0 for CPUs")
@@ -253,27 +260,40 @@ def _check_nodes_see(path: Path, options: SweepOptions) -> None:
 
 def _connect(base: Config, options: SweepOptions) -> tuple[cluster.WorkerResources, SweepOptions]:
     """Start or join Ray sized for the concurrent trials; returns one trial's workers (their threads set) and the
-    options with the number of concurrent trials filled in."""
-    wpt, local = options.workers_per_trial, not options.address
+    options with the number of concurrent trials filled in. Trials in packs share a worker process:
+    --trials-per-process as many trials as processes run at once."""
+    wpt, local, per_process = options.workers_per_trial, not options.address, options.trials_per_process
     plan = cluster.plan_resources(wpt, base.run.gpus_per_worker, base.run.cpus_per_worker, local=local)
     cores = os.cpu_count() or 1
+    asked = None if options.max_concurrent is None else math.ceil(options.max_concurrent / per_process)
     if local:  # Ray gets logical CPUs for every concurrent trial's workers; threads share the real cores
-        concurrent = options.max_concurrent or max(1, cores // wpt)
-        if plan.gpus and not options.max_concurrent:  # as many trials as the GPUs hold (e.g. 4 at 0.25 GPU)
-            concurrent = min(concurrent, max(1, int(cluster.local_gpus() // (wpt * plan.gpus))))
-        cluster.connect(None, replace(plan, workers=wpt * concurrent))
-        threads = max(1, cores // (wpt * concurrent))
+        processes = asked or max(1, cores // wpt)
+        if plan.gpus and not asked:  # as many trials as the GPUs hold (e.g. 4 at 0.25 GPU)
+            processes = min(processes, max(1, int(cluster.local_gpus() // (wpt * plan.gpus))))
+        cluster.connect(None, replace(plan, workers=wpt * processes))
+        threads = max(1, cores // (wpt * processes))
     else:  # a cluster must hold one trial; by default as many run at once as its CPUs hold
         cluster.connect(options.address, plan)
-        concurrent = options.max_concurrent or cluster.trials_that_fit(plan)
+        processes = asked or cluster.trials_that_fit(plan)
         threads = plan.threads
+    concurrent = options.max_concurrent or processes * per_process
     return replace(plan, threads=threads), replace(options, max_concurrent=concurrent)
 
 
-def _trial_setup(path: Path, space: SearchSpace, plan: cluster.WorkerResources, metric: str) -> tuner.TrialSetup:
+def _pack_plan(plan: cluster.WorkerResources, options: SweepOptions) -> packs.PackPlan | None:
+    """How trials share worker processes; None when each trial trains in its own."""
+    if options.trials_per_process == 1:
+        return None
+    assert options.max_concurrent is not None  # filled in by _connect
+    return packs.PackPlan(per_pack=options.trials_per_process,
+                           packs=math.ceil(options.max_concurrent / options.trials_per_process), worker=plan)
+
+
+def _trial_setup(path: Path, space: SearchSpace, plan: cluster.WorkerResources, metric: str,
+                 options: SweepOptions) -> tuner.TrialSetup:
     return tuner.TrialSetup(
         sweep_dir=str(path), base_config=str(path / BASE_FILE), sweep_name=path.name, space=space, plan=plan,
-        metric=metric,
+        metric=metric, trials_per_process=options.trials_per_process,
     )
 
 

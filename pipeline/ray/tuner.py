@@ -4,6 +4,8 @@ named after the trial (several workers). The sweep's logic (spaces, metric, resu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,13 @@ from pipeline.progress import console
 from pipeline.ray import trainer
 from pipeline.ray.cluster import WorkerResources
 from pipeline.ray.nodes import record_worker
+from pipeline.ray.packs import PackReleaser
 from pipeline.rundir import CONFIG_FILE, DIVERGED, RunDir, atomic_write_text
 from pipeline.search_space import SearchSpace, decode_params, encoded_values
 
-# A trial that only drives a TorchTrainer holds no CPU: its workers ask for theirs. Asking for even a sliver of
-# one deadlocks a 2-core machine (the trial holds the CPU its own workers wait for) and keeps a 4-CPU cluster
-# to one 2-worker trial at a time. Tune refuses an empty request, hence one byte of memory.
+# A trial that only drives a TorchTrainer or a pack holds no CPU: its workers ask for theirs. Asking for even a
+# sliver of one deadlocks a 2-core machine (the trial holds the CPU its own workers wait for) and keeps a 4-CPU
+# cluster to one 2-worker trial at a time. Tune refuses an empty request, hence one byte of memory.
 TRIAL_RESOURCES_WITH_TRAINER = {"CPU": 0, "memory": 1}
 TUNE_NAME = "tune"  # Tune's experiment folder inside <sweep>/ray/
 
@@ -34,6 +37,7 @@ class TrialSetup:
     space: SearchSpace
     plan: WorkerResources  # the workers of one trial (one: the trial's own process) and their torch threads
     metric: str  # what trials are ranked by
+    trials_per_process: int = 1  # more than 1: trials train in packs (pipeline.ray.packs), each pack one worker
 
 
 def trial_run_dir(sweep_dir: Path, trial_id: str) -> RunDir:
@@ -52,7 +56,9 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     run = trial_run_dir(Path(setup.sweep_dir), trial_id)
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.path / CONFIG_FILE, config_to_yaml(config))
-    if setup.plan.workers > 1:
+    if setup.trials_per_process > 1:
+        _train_in_pack(config, run, setup, trial_id)
+    elif setup.plan.workers > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         # The trainer's rank 0 tracks this trial itself (W&B job type "train", grouped by the trial's run dir).
@@ -69,14 +75,33 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
 def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str) -> None:
     """One worker: the plain training loop right here, sparing the TorchTrainer's start-up."""
     import torch
-    from ray import tune
 
     from pipeline.loop import WorkerContext, train_loop
-    from pipeline.tracking import make_tracker
 
     torch.set_num_threads(setup.plan.threads)
     record_worker(run, 0)  # the trial's process is its only worker
     device = torch.device("cuda" if setup.plan.gpus > 0 else "cpu")
+    with _trial_reporter(config, run, setup, trial_id) as report:
+        train_loop(config, run, WorkerContext(device=device), report=report)
+
+
+def _train_in_pack(config: Any, run: RunDir, setup: TrialSetup, trial_id: str) -> None:
+    """Train in one of the sweep's packs (another process), reporting each epoch it trains for this trial."""
+    from pipeline.ray.packs import train_in_pack
+
+    with _trial_reporter(config, run, setup, trial_id) as report:
+        for metrics in train_in_pack(trial_id, config, run, setup.sweep_name):
+            report(metrics)
+
+
+@contextmanager
+def _trial_reporter(config: Any, run: RunDir, setup: TrialSetup, trial_id: str) -> Iterator[Any]:
+    """What a trial does with each epoch's metrics: track them (W&B job type "tune-trial") and report them to
+    Tune."""
+    from ray import tune
+
+    from pipeline.tracking import make_tracker
+
     tracker = make_tracker(config, run, "tune-trial", name=f"{setup.sweep_name}-{trial_id}", group=setup.sweep_name)
 
     def report(metrics: dict[str, float]) -> None:
@@ -84,7 +109,7 @@ def _train_in_process(config: Any, run: RunDir, setup: TrialSetup, trial_id: str
         tune.report(metrics)
 
     try:
-        train_loop(config, run, WorkerContext(device=device), report=report)
+        yield report
     finally:
         tracker.finish()
 
@@ -96,7 +121,7 @@ def trainable(setup: TrialSetup) -> Any:
     def aae_trial(params: dict[str, Any]) -> None:
         run_trial(params, setup)
 
-    if setup.plan.workers > 1:
+    if setup.plan.workers > 1 or setup.trials_per_process > 1:
         resources = TRIAL_RESOURCES_WITH_TRAINER
     else:
         resources = {"CPU": setup.plan.cpus, **({"GPU": setup.plan.gpus} if setup.plan.gpus else {})}
@@ -150,6 +175,8 @@ def new_tuner(setup: TrialSetup, options: Any, metric: str, epochs: int, seed: i
     from ray import tune
 
     callbacks = [TrialPrinter(metric, epochs, setup.space), PlacementGroupReleaser(setup.sweep_dir)]
+    if setup.trials_per_process > 1:
+        callbacks.append(PackReleaser(setup.sweep_name))
     return tune.Tuner(
         trainable(setup),
         param_space=param_space(setup.space, options.search),

@@ -1,5 +1,6 @@
-"""`aae-pipeline tune` end to end through the real CLI: mistakes, a grid sweep with ASHA and its results, and a
-stopped sweep. Sweeps run on the shared cluster; a resumed sweep is tested on the multi-node one."""
+"""`aae-pipeline tune` end to end through the real CLI: mistakes, a grid sweep with ASHA and its results (its trials
+trained two to a process), and a stopped sweep. Sweeps run on the shared cluster; a resumed sweep is tested on the
+multi-node one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.helpers import held_by_another_process, run_cli
 
 EPOCHS = 3
 # The first learning rate trains, the second barely moves: ASHA should stop the second's trials after epoch 1.
+# Tune starts the two that learn first (z_dim varies fastest), so the others reach epoch 1 after their results.
 GRID = "train.lr.reconstruction: {grid: [0.01, 1.0e-7]}\nmodel.params.z_dim: {grid: [2, 4]}\n"
 
 
@@ -41,6 +43,7 @@ def trial_epochs(sweep: Path) -> dict[str, list[int]]:
         (["--set", "model.params.z_dim=3"], "both searched and --set"),
         (["--scheduler", "hyperband"], "unknown scheduler"),
         (["--gpus-per-trial", "-1"], "--gpus-per-trial must be 0 or more"),
+        (["--trials-per-process", "2", "--workers-per-trial", "2"], "pass --workers-per-trial 1 with it"),
     ],
 )
 @pytest.mark.slow
@@ -87,13 +90,14 @@ def test_resume_of_a_directory_that_is_no_sweep_is_a_user_error(tmp_path) -> Non
 
 @pytest.fixture(scope="module")
 def grid_sweep(ray_cluster, synthetic_dataset, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One 2x2 grid sweep with ASHA (grace period 1), one trial at a time, shared by the tests below."""
+    """One 2x2 grid sweep with ASHA (grace period 1), two trials at a time trained in one process, shared by the
+    tests below."""
     root = tmp_path_factory.mktemp("sweep")
     (root / "grid.yaml").write_text(GRID)
     result = ray_cluster.cli(
         "tune", "unsup-gaussian", "--space", "grid.yaml", "--search", "grid", "--scheduler", "asha",
-        "--epochs", str(EPOCHS), "--max-concurrent", "1", "--sweep-dir", "sweep", "--address", ray_cluster.address,
-        *sweep_sets(synthetic_dataset), cwd=root,
+        "--epochs", str(EPOCHS), "--max-concurrent", "2", "--trials-per-process", "2", "--sweep-dir", "sweep",
+        "--address", ray_cluster.address, *sweep_sets(synthetic_dataset), cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "sweep", result
@@ -111,6 +115,7 @@ def test_grid_sweep_prints_the_table_and_writes_its_results(grid_sweep) -> None:
     assert manifest["status"] == "done" and manifest["metric"] == "val/recon_bce" and manifest["mode"] == "min"
     best = min((row for row in rows if row["status"] == "completed"), key=lambda row: row["final"])
     assert manifest["best"]["trial_id"] == best["trial_id"]
+    assert "up to 2 at once, 1 worker(s) each, 2 trials per process" in result.stdout
     assert "unsup-gaussian sweep: val/recon_bce" in result.stdout
     assert f"* {best['trial_id']}" in result.stdout  # the best row is marked in the printed table
     assert f"aae-pipeline run {sweep / 'best.yaml'}" in result.stdout
@@ -125,6 +130,10 @@ def test_grid_sweep_prints_the_table_and_writes_its_results(grid_sweep) -> None:
 def test_asha_stops_trials_that_do_not_learn_after_the_grace_epoch(grid_sweep) -> None:
     sweep, _ = grid_sweep
     rows = {row["trial_id"]: row for row in pq.read_table(sweep / "trials.parquet").to_pylist()}
+    first_pair = sorted(rows)[:2]  # started together: one process trains both
+    records = [sweep / "trials" / trial / "ray/workers/rank-0.json" for trial in first_pair]
+    pids = {json.loads(record.read_text())["pid"] for record in records}
+    assert len(pids) == 1
     hopeless = [row for row in rows.values() if row["train.lr.reconstruction"] == 1e-7]
     assert all(row["status"] == "stopped" and row["epochs"] == 1 for row in hopeless), hopeless
     assert any(row["status"] == "completed" and row["epochs"] == EPOCHS for row in rows.values())
@@ -134,14 +143,18 @@ def test_asha_stops_trials_that_do_not_learn_after_the_grace_epoch(grid_sweep) -
 
 
 @pytest.mark.slow
-def test_best_config_trained_again_reproduces_the_best_trial(grid_sweep, tmp_path) -> None:
+def test_best_config_trained_again_reproduces_the_best_trial_s_curve(grid_sweep, tmp_path) -> None:
     sweep, _ = grid_sweep
     manifest = json.loads((sweep / "sweep.json").read_text())
     again = RunDir(tmp_path / "again")
     again.path.mkdir()
     final = train_loop(load_config(str(sweep / "best.yaml")), again, WorkerContext())  # `run` with one worker
     assert final["epoch"] == EPOCHS
-    assert final["val/recon_bce"] == pytest.approx(manifest["best"]["final"], rel=1e-3)
+    assert final["val/recon_bce"] == pytest.approx(manifest["best"]["final"], rel=1e-6)
+    trained_in_pack = RunDir(sweep / "trials" / manifest["best"]["trial_id"]).read_metrics()
+    for ours, theirs in zip(again.read_metrics(), trained_in_pack, strict=True):
+        assert {k: pytest.approx(v, rel=1e-6) for k, v in ours.items() if not k.startswith("time/")} == {
+            k: v for k, v in theirs.items() if not k.startswith("time/")}
 
 
 @pytest.mark.slow
