@@ -170,19 +170,24 @@ class PackRegistry:
         self.packs: list[_Pack] = []
 
     def assign(self, name: str) -> Any:
-        """The pack `name` trains in (a pack with a free place, or a new one), or None while every pack is full
-        and no more fit (ask again)."""
+        """The pack `name` trains in, or None while every pack is full and no more fit (ask again). Trials go to
+        a new pack while more fit, then to the pack with the fewest: packs share the cores (or GPUs) between
+        them, and a trial waiting its turn in a full pack would leave another's idle."""
         for pack in self.packs:
             if name in pack.members:  # a trial started again after its process died
                 pack.members.discard(name)
                 pack.handle.leave.remote(name)
         self.packs = [pack for pack in self.packs if _usable(pack.handle) or pack.members]
-        for pack in self.packs:
-            if len(pack.members) < self.plan.per_pack and _usable(pack.handle):
-                pack.members.add(name)
-                return pack.handle
-        if len(self.packs) >= self.plan.packs:
+        if len(self.packs) < self.plan.packs:
+            return self._new_pack(name)
+        free = [pack for pack in self.packs if len(pack.members) < self.plan.per_pack and _usable(pack.handle)]
+        if not free:
             return None
+        pack = min(free, key=lambda pack: len(pack.members))
+        pack.members.add(name)
+        return pack.handle
+
+    def _new_pack(self, name: str) -> Any:
         worker = self.plan.worker
         actor = ray.remote(PackActor).options(
             num_cpus=worker.cpus, num_gpus=worker.gpus, max_concurrency=self.plan.per_pack + 4, max_restarts=0)
