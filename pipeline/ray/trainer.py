@@ -139,8 +139,11 @@ def _fit_interruptibly(trainer: Any) -> None:
 
 def record_placement_group(run: RunDir) -> None:
     """Note the worker group's placement group in the run directory, for `release_placement_group`."""
+    import ray
     from ray.util import get_current_placement_group
 
+    if not ray.is_initialized():  # Ray's lookup would start a Ray of its own here
+        return
     group = get_current_placement_group()
     if group is not None:
         atomic_write_text(run.path / PLACEMENT_GROUP_FILE, group.id.hex())
