@@ -21,7 +21,7 @@ from pipeline.loop import ReportFn, Training, WorkerContext
 from pipeline.rundir import RunDir
 
 
-@dataclass
+@dataclass(eq=False)  # a member is itself, whatever its fields
 class Member:
     """One run in the pack, and the CUDA stream its epochs run on (None on the CPU)."""
 
