@@ -21,7 +21,7 @@ from pipeline.loop import ReportFn, Training, WorkerContext
 from pipeline.rundir import RunDir
 
 
-@dataclass(eq=False)  # a member is itself, whatever its fields
+@dataclass(eq=False)  # train_round tells members apart by identity, not by comparing their fields
 class Member:
     """One run in the pack, and the CUDA stream its epochs run on (None on the CPU)."""
 
