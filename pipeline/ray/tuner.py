@@ -23,7 +23,7 @@ from pipeline.search_space import SearchSpace, decode_params, encoded_values
 # A trial that only drives a TorchTrainer or a pack holds no CPU: its workers ask for theirs. Asking for even a
 # sliver of one deadlocks a 2-core machine (the trial holds the CPU its own workers wait for) and keeps a 4-CPU
 # cluster to one 2-worker trial at a time. Tune refuses an empty request, hence one byte of memory.
-TRIAL_RESOURCES_WITH_TRAINER = {"CPU": 0, "memory": 1}
+TRIAL_RESOURCES_TRAINING_ELSEWHERE = {"CPU": 0, "memory": 1}
 TUNE_NAME = "tune"  # Tune's experiment folder inside <sweep>/ray/
 
 
@@ -122,7 +122,7 @@ def trainable(setup: TrialSetup) -> Any:
         run_trial(params, setup)
 
     if setup.plan.workers > 1 or setup.trials_per_process > 1:
-        resources = TRIAL_RESOURCES_WITH_TRAINER
+        resources = TRIAL_RESOURCES_TRAINING_ELSEWHERE
     else:
         resources = {"CPU": setup.plan.cpus, **({"GPU": setup.plan.gpus} if setup.plan.gpus else {})}
     return tune.with_resources(aae_trial, resources)
