@@ -198,13 +198,13 @@ def trials_per_process(bench: Bench, epochs: int = 4) -> None:
             started = time.perf_counter()
             pack.train_round()
             rounds.append(time.perf_counter() - started)
-        examples = sum(int(run.read_metrics()[0]["time/examples_per_s"] * run.read_metrics()[0]["time/train_s"])
-                       for run in runs)
+        curves = [run.read_metrics() for run in runs]
+        examples = sum(int(rows[0]["time/examples_per_s"] * rows[0]["time/train_s"]) for rows in curves)
         steady = statistics.median(rounds[1:])
         bench.add("trials-per-process", f"{count} semisup trials in one process on one GPU", trials=count,
                   s_per_round=round(steady, 3), examples_per_s_together=round(examples / steady),
-                  first_round_s=round(rounds[0], 1), cuda_graphs=runs[0].read_metrics()[-1].get("time/cuda_graphs"),
-                  same_curve_as_alone=[row["val/error"] for row in runs[0].read_metrics()] == alone)
+                  first_round_s=round(rounds[0], 1), cuda_graphs=curves[0][-1].get("time/cuda_graphs"),
+                  same_curve_as_alone=[row["val/error"] for row in curves[0]] == alone)
         bench.write()
 
 

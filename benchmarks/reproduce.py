@@ -312,14 +312,13 @@ def row(experiment: Experiment, run_dir: Path, attempt: dict[str, Any]) -> dict[
     }
 
 
-CURVE_METRICS = ("val/error", "val/cluster_error", "val/recon_bce")
-
-
 def validation_curve(run_dir: Path) -> tuple[str | None, list[list[float]]]:
     """The run's validation metric by epoch, [[epoch, value], ...]: the error where it has labels or clusters,
     else the reconstruction BCE (what the run ranks its checkpoints by)."""
+    from pipeline.loop import VALIDATION_METRICS  # pipeline.loop imports torch: kept out of start-up
+
     rows = RunDir(run_dir).read_metrics() if (run_dir / "metrics.jsonl").is_file() else []
-    key = next((key for key in CURVE_METRICS if rows and key in rows[-1]), None)
+    key = next((key for key in VALIDATION_METRICS if rows and key in rows[-1]), None)
     return key, [[row["epoch"], row[key]] for row in rows if key in row] if key else []
 
 

@@ -135,24 +135,23 @@ class PackActor:
         from pipeline.ray.nodes import record_worker
 
         run = RunDir(run_path)
-        rows: list[dict[str, float]] = []  # what restoring the run reports (a row checkpointed, never reported)
 
         def report(row: dict[str, float]) -> None:
             with self.changed:
-                self.outbox[name].append(row)
+                # None while the trial rejoins: its earlier member's trial process is gone, and that member's
+                # last row (in metrics.jsonl already) is dropped rather than handed to the new process.
+                box = self.outbox.get(name)
+                if box is not None:
+                    box.append(row)
 
-        try:
-            record_worker(run, 0)  # the pack's process is the trial's only worker
-            with self.changed:
-                training = self.pack.add(name, config, run, rows.append)
-        except Exception as err:  # noqa: BLE001 — the joining trial fails with it; the others train on
-            with self.changed:
+        with self.changed:  # the joining trial sees it a member, or failed, all at once
+            try:
+                record_worker(run, 0)  # the pack's process is the trial's only worker
+                self.outbox[name] = []  # restoring the run may report a row checkpointed but never reported
+                self.pack.add(name, config, run, report)
+            except Exception as err:  # noqa: BLE001 — the joining trial fails with it; the others train on
+                self.outbox.pop(name, None)
                 self.failed[name] = f"{type(err).__name__}: {err}"
-                self.changed.notify_all()
-            return
-        training.report = report
-        with self.changed:
-            self.outbox[name] = rows
             self.changed.notify_all()
 
 
@@ -177,10 +176,11 @@ class PackRegistry:
             if name in pack.members:  # a trial started again after its process died
                 pack.members.discard(name)
                 pack.handle.leave.remote(name)
-        self.packs = [pack for pack in self.packs if _usable(pack.handle) or pack.members]
+        usable = {id(pack): _usable(pack.handle) for pack in self.packs}
+        self.packs = [pack for pack in self.packs if usable[id(pack)] or pack.members]
         if len(self.packs) < self.plan.packs:
             return self._new_pack(name)
-        free = [pack for pack in self.packs if len(pack.members) < self.plan.per_pack and _usable(pack.handle)]
+        free = [pack for pack in self.packs if len(pack.members) < self.plan.per_pack and usable[id(pack)]]
         if not free:
             return None
         pack = min(free, key=lambda pack: len(pack.members))
